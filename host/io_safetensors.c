@@ -1,0 +1,1 @@
+/* io_safetensors.c — placeholder until the safetensors reader/writer lands. */

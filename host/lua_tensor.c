@@ -1,0 +1,881 @@
+/* lua_tensor.c — the Tensor userdata and the core of the Lua surface:
+ * creation (from tables, zeros/ones/full/..., random), views, properties
+ * (grad, requires_grad, is_leaf, grad_fn), indexing t[i], item/totable,
+ * autograd entry points, and the shared binding helpers of lua_tensor.h.
+ *
+ * Memory: a tensor's userdata is a pointer while its storage may be huge,
+ * so Lua's collector would run far too rarely. sere_lua_push runs a full
+ * collection whenever live tensor storage has doubled since the last one
+ * (floor 64 MiB), so loops hold steady memory without collectgarbage(). */
+#include "lua_tensor.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ops/ops.h"
+
+static const char *const METHODS_KEY = "sere.Tensor.methods";
+static const char *const MODULE_KEY = "sere.core.module";
+#define GENERATOR_MT "sere.Generator"
+
+/* ---- shared helpers -------------------------------------------------- */
+static size_t gc_threshold = 64u << 20;
+
+int sere_lua_raise(lua_State *L) { return luaL_error(L, "%s", sere_last_error()); }
+
+int sere_lua_push(lua_State *L, sere_tensor *t) {
+  if (!t) return sere_lua_raise(L);
+  sere_tensor **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = t;
+  luaL_setmetatable(L, SERE_TENSOR_MT);
+  size_t live = sere_storage_live_bytes();
+  if (live > gc_threshold) {
+    lua_gc(L, LUA_GCCOLLECT);
+    live = sere_storage_live_bytes();
+    gc_threshold = live * 2 > (64u << 20) ? live * 2 : (64u << 20);
+  }
+  return 1;
+}
+
+sere_tensor *sere_lua_opt_tensor(lua_State *L, int idx) {
+  sere_tensor **ud = luaL_testudata(L, idx, SERE_TENSOR_MT);
+  return ud ? *ud : NULL;
+}
+
+sere_tensor *sere_lua_check(lua_State *L, int idx, const char *op) {
+  sere_tensor **ud = luaL_testudata(L, idx, SERE_TENSOR_MT);
+  if (!ud) {
+    luaL_error(L, "%s: argument #%d: expected a tensor, got %s", op, idx, luaL_typename(L, idx));
+    return NULL;
+  }
+  if (!*ud) luaL_error(L, "%s: argument #%d: tensor was freed", op, idx);
+  return *ud;
+}
+
+int sere_lua_dim_value(lua_State *L, lua_Integer d, const char *op) {
+  if (d == 0) luaL_error(L, "%s: dims are 1-based (1 is the first, -1 the last); got 0", op);
+  if (d > 64 || d < -64) luaL_error(L, "%s: dim %d out of range", op, (int)d);
+  return d > 0 ? (int)d - 1 : (int)d;
+}
+
+int sere_lua_dim(lua_State *L, int idx, const char *op) {
+  if (!lua_isinteger(L, idx))
+    luaL_error(L, "%s: argument #%d: expected an integer dim, got %s", op, idx, luaL_typename(L, idx));
+  return sere_lua_dim_value(L, lua_tointeger(L, idx), op);
+}
+
+static int64_t check_size(lua_State *L, int type_ok, lua_Integer v, const char *op) {
+  if (!type_ok) luaL_error(L, "%s: sizes must be integers", op);
+  if (v < -1) luaL_error(L, "%s: invalid size %I", op, (lua_Integer)v);
+  return (int64_t)v;
+}
+
+int sere_lua_shape(lua_State *L, int idx, int *ndim, int64_t *shape, const char *op) {
+  if (lua_istable(L, idx)) {
+    lua_Integer n = luaL_len(L, idx);
+    if (n > SERE_MAX_DIMS) luaL_error(L, "%s: %d dims is more than the supported %d", op, (int)n, SERE_MAX_DIMS);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, idx, i);
+      int isnum;
+      lua_Integer v = lua_tointegerx(L, -1, &isnum);
+      shape[i - 1] = check_size(L, isnum, v, op);
+      lua_pop(L, 1);
+    }
+    *ndim = (int)n;
+    return 1;
+  }
+  int n = 0, top = lua_gettop(L);
+  for (int i = idx; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
+    if (n == SERE_MAX_DIMS) luaL_error(L, "%s: more than %d dims", op, SERE_MAX_DIMS);
+    int isnum;
+    lua_Integer v = lua_tointegerx(L, i, &isnum);
+    shape[n++] = check_size(L, isnum, v, op);
+  }
+  *ndim = n;
+  return n;
+}
+
+sere_dtype sere_lua_check_dtype(lua_State *L, int idx) {
+  const char *name = luaL_checkstring(L, idx);
+  sere_dtype d;
+  if (sere_dtype_from_name(name, &d))
+    luaL_error(L, "unknown dtype '%s' (expected f32, bf16, i32, i64, u8 or bool)", name);
+  return d;
+}
+
+sere_dtype sere_lua_opt_dtype(lua_State *L, int idx, sere_dtype def) {
+  if (!lua_istable(L, idx)) return def;
+  lua_getfield(L, idx, "dtype");
+  sere_dtype d = def;
+  if (!lua_isnil(L, -1)) d = sere_lua_check_dtype(L, lua_gettop(L));
+  lua_pop(L, 1);
+  return d;
+}
+
+sere_tensor *sere_lua_tensor_or_scalar(lua_State *L, int idx, sere_dtype like, const char *op) {
+  sere_tensor *t = sere_lua_opt_tensor(L, idx);
+  if (t) return sere_tensor_retain(t);
+  double v;
+  if (lua_isboolean(L, idx)) v = lua_toboolean(L, idx);
+  else if (lua_type(L, idx) == LUA_TNUMBER) v = lua_tonumber(L, idx);
+  else {
+    luaL_error(L, "%s: argument #%d: expected a tensor or a number, got %s", op, idx, luaL_typename(L, idx));
+    return NULL;
+  }
+  sere_tensor *s = sere_tensor_new(like, 0, NULL);
+  if (!s) sere_lua_raise(L);
+  sere_fill_raw(s, v);
+  return s;
+}
+
+void sere_lua_register(lua_State *L, const luaL_Reg *methods, const luaL_Reg *functions) {
+  if (methods) {
+    lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);
+    luaL_setfuncs(L, methods, 0);
+    lua_pop(L, 1);
+  }
+  if (functions) {
+    lua_getfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
+    luaL_setfuncs(L, functions, 0);
+    lua_pop(L, 1);
+  }
+}
+
+void sere_lua_set_metamethods(lua_State *L, const luaL_Reg *metamethods) {
+  luaL_getmetatable(L, SERE_TENSOR_MT);
+  luaL_setfuncs(L, metamethods, 0);
+  lua_pop(L, 1);
+}
+
+/* ---- metamethods and properties -------------------------------------- */
+static int t_gc(lua_State *L) {
+  sere_tensor **ud = luaL_checkudata(L, 1, SERE_TENSOR_MT);
+  sere_tensor_release(*ud);
+  *ud = NULL;
+  return 0;
+}
+
+/* Pushes one element of a 0-dim tensor (or the only element of any tensor)
+ * as a Lua value: integer for integer dtypes, boolean for bool. */
+static void push_scalar(lua_State *L, const sere_tensor *t, const int64_t *index) {
+  double v = sere_get_elem(t, index);
+  if (t->dtype == SERE_BOOL) lua_pushboolean(L, v != 0);
+  else if (sere_dtype_is_float(t->dtype)) lua_pushnumber(L, v);
+  else if (t->dtype == SERE_I64) {
+    int64_t off = t->offset;
+    for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
+    lua_pushinteger(L, ((const int64_t *)t->storage->data)[off]);
+  } else lua_pushinteger(L, (lua_Integer)v);
+}
+
+static int64_t check_position(lua_State *L, const sere_tensor *t, lua_Integer i) {
+  if (t->ndim == 0) luaL_error(L, "index: cannot index a 0-dim tensor (use t:item())");
+  int64_t size = t->shape[0];
+  if (i == 0 || i > size || i < -size)
+    luaL_error(L, "index: %I out of range for dim 1 of size %I (indices are 1-based, negative from the end)",
+               (lua_Integer)i, (lua_Integer)size);
+  return i > 0 ? i - 1 : i + size;
+}
+
+static int t_index(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "index");
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    int isint;
+    lua_Integer i = lua_tointegerx(L, 2, &isint);
+    if (!isint) return luaL_error(L, "index: tensor indices must be integers");
+    int64_t pos = check_position(L, t, i);
+    if (t->ndim == 1) {
+      int64_t idx[1] = {pos};
+      push_scalar(L, t, idx);
+      return 1;
+    }
+    return sere_lua_push(L, sere_select(t, 0, pos));
+  }
+  const char *key = lua_tostring(L, 2);
+  if (!key) return luaL_error(L, "index: tensors are indexed by integers or method names, got %s", luaL_typename(L, 2));
+  lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);
+  if (lua_getfield(L, -1, key) != LUA_TNIL) return 1;
+  lua_pop(L, 2);
+  if (!strcmp(key, "grad")) {
+    if (!t->grad) { lua_pushnil(L); return 1; }
+    return sere_lua_push(L, sere_tensor_retain(t->grad));
+  }
+  if (!strcmp(key, "requires_grad")) { lua_pushboolean(L, sere_tensor_requires_grad(t)); return 1; }
+  if (!strcmp(key, "is_leaf")) { lua_pushboolean(L, t->grad_fn == NULL); return 1; }
+  if (!strcmp(key, "grad_fn")) {
+    if (t->grad_fn) lua_pushstring(L, t->grad_fn->name);
+    else lua_pushnil(L);
+    return 1;
+  }
+  return luaL_error(L, "Tensor has no method or property '%s'", key);
+}
+
+static int t_newindex(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "index");
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    int isint;
+    lua_Integer i = lua_tointegerx(L, 2, &isint);
+    if (!isint) return luaL_error(L, "index: tensor indices must be integers");
+    int64_t pos = check_position(L, t, i);
+    sere_tensor *dst = sere_select(t, 0, pos);
+    if (!dst) return sere_lua_raise(L);
+    sere_tensor *src = sere_lua_opt_tensor(L, 3);
+    int rc;
+    if (src) rc = sere_copy_(dst, src);
+    else if (lua_type(L, 3) == LUA_TNUMBER || lua_isboolean(L, 3)) {
+      rc = sere_check_inplace(dst, "index assignment");
+      if (!rc) {
+        sere_fill_raw(dst, lua_isboolean(L, 3) ? lua_toboolean(L, 3) : lua_tonumber(L, 3));
+        sere_bump_version(dst);
+      }
+    } else {
+      sere_tensor_release(dst);
+      return luaL_error(L, "index assignment: expected a number or a tensor, got %s", luaL_typename(L, 3));
+    }
+    sere_tensor_release(dst);
+    if (rc) return sere_lua_raise(L);
+    return 0;
+  }
+  const char *key = luaL_checkstring(L, 2);
+  if (!strcmp(key, "requires_grad")) {
+    int on = lua_toboolean(L, 3);
+    if (t->grad_fn && !on)
+      return luaL_error(L, "requires_grad: cannot turn off requires_grad of a non-leaf tensor; use detach()");
+    if (on && !sere_dtype_is_float(t->dtype))
+      return luaL_error(L, "requires_grad: only float tensors can require grad (this one is %s)",
+                        sere_dtype_name(t->dtype));
+    if (!t->grad_fn) t->requires_grad = on;
+    return 0;
+  }
+  if (!strcmp(key, "grad")) {
+    sere_tensor *g = lua_isnil(L, 3) ? NULL : sere_lua_check(L, 3, "grad assignment");
+    if (g && !sere_same_shape(g, t)) {
+      char a[128], b[128];
+      return luaL_error(L, "grad assignment: gradient of shape %s for a tensor of shape %s",
+                        sere_shape_str(g, a, sizeof a), sere_shape_str(t, b, sizeof b));
+    }
+    sere_tensor_release(t->grad);
+    t->grad = sere_tensor_retain(g);
+    return 0;
+  }
+  return luaL_error(L, "Tensor property '%s' cannot be set (settable: requires_grad, grad)", key);
+}
+
+static int t_len(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "#");
+  lua_pushinteger(L, t->ndim ? t->shape[0] : 0);
+  return 1;
+}
+
+/* ---- creation -------------------------------------------------------- */
+/* Walks a nested table once to find its shape and whether it holds
+ * integers only, booleans only, or floats. */
+static void table_shape(lua_State *L, int idx, int depth, int *ndim, int64_t *shape, int *kind) {
+  lua_Integer n = luaL_len(L, idx);
+  if (depth >= SERE_MAX_DIMS) luaL_error(L, "tensor: table nested deeper than %d levels", SERE_MAX_DIMS);
+  if (depth == *ndim) {
+    shape[depth] = n;
+    (*ndim)++;
+  } else if (shape[depth] != n) {
+    luaL_error(L, "tensor: ragged nested table (dim %d has sizes %I and %I)", depth + 1,
+               (lua_Integer)shape[depth], (lua_Integer)n);
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    int ty = lua_geti(L, idx, i);
+    if (ty == LUA_TTABLE) {
+      if (depth + 1 < *ndim && *ndim == depth + 1) luaL_error(L, "tensor: ragged nested table");
+      table_shape(L, lua_gettop(L), depth + 1, ndim, shape, kind);
+    } else if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
+      if (*ndim != depth + 1) luaL_error(L, "tensor: ragged nested table (a number where a table was expected)");
+      int k = ty == LUA_TBOOLEAN ? 0 : lua_isinteger(L, -1) ? 1 : 2;
+      if (*kind < 0) *kind = k;
+      else if ((*kind == 0) != (k == 0)) luaL_error(L, "tensor: table mixes booleans and numbers");
+      else if (k > *kind) *kind = k;
+    } else {
+      luaL_error(L, "tensor: tables may hold only numbers, booleans or tables, found %s", lua_typename(L, ty));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static void table_fill(lua_State *L, int idx, sere_tensor *t, int depth, int64_t *pos) {
+  lua_Integer n = luaL_len(L, idx);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int ty = lua_geti(L, idx, i);
+    if (ty == LUA_TTABLE) table_fill(L, lua_gettop(L), t, depth + 1, pos);
+    else if (t->dtype == SERE_I64 && lua_isinteger(L, -1))
+      ((int64_t *)t->storage->data)[(*pos)++] = lua_tointeger(L, -1);
+    else sere_store_linear(t->storage->data, t->dtype, (*pos)++, ty == LUA_TBOOLEAN ? lua_toboolean(L, -1) : lua_tonumber(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+static void apply_requires_grad(lua_State *L, int opts, sere_tensor *t) {
+  if (!lua_istable(L, opts)) return;
+  lua_getfield(L, opts, "requires_grad");
+  if (lua_toboolean(L, -1)) {
+    if (!sere_dtype_is_float(t->dtype)) luaL_error(L, "requires_grad: only float tensors can require grad");
+    t->requires_grad = 1;
+  }
+  lua_pop(L, 1);
+}
+
+static void check_device_opt(lua_State *L, int opts) {
+  if (!lua_istable(L, opts)) return;
+  lua_getfield(L, opts, "device");
+  const char *dev = lua_tostring(L, -1);
+  if (dev && strcmp(dev, "cpu")) luaL_error(L, "device '%s' is not available in this build (only 'cpu')", dev);
+  lua_pop(L, 1);
+}
+
+/* sere.tensor(value, opts): value is a nested table, a number or a boolean. */
+static int l_tensor(lua_State *L) {
+  int ndim = 0, kind = -1;
+  int64_t shape[SERE_MAX_DIMS] = {0};
+  if (sere_lua_opt_tensor(L, 1)) {
+    sere_tensor *src = sere_lua_opt_tensor(L, 1);
+    sere_tensor *t = sere_tensor_new(sere_lua_opt_dtype(L, 2, src->dtype), src->ndim, src->shape);
+    if (t && sere_copy_raw(t, src)) { sere_tensor_release(t); t = NULL; }
+    if (!t) return sere_lua_raise(L);
+    sere_lua_push(L, t);
+    apply_requires_grad(L, 2, t);
+    return 1;
+  }
+  int ty = lua_type(L, 1);
+  if (ty == LUA_TTABLE) table_shape(L, 1, 0, &ndim, shape, &kind);
+  else if (ty == LUA_TNUMBER) kind = lua_isinteger(L, 1) ? 1 : 2;
+  else if (ty == LUA_TBOOLEAN) kind = 0;
+  else return luaL_error(L, "tensor: expected a table, number or boolean, got %s", luaL_typename(L, 1));
+  check_device_opt(L, 2);
+  sere_dtype def = kind == 0 ? SERE_BOOL : kind == 1 ? SERE_I64 : SERE_F32;
+  sere_tensor *t = sere_tensor_new(sere_lua_opt_dtype(L, 2, def), ndim, shape);
+  if (!t) return sere_lua_raise(L);
+  sere_lua_push(L, t);
+  int64_t pos = 0;
+  if (ty == LUA_TTABLE) table_fill(L, 1, t, 0, &pos);
+  else if (t->dtype == SERE_I64 && lua_isinteger(L, 1)) ((int64_t *)t->storage->data)[0] = lua_tointeger(L, 1);
+  else sere_store_linear(t->storage->data, t->dtype, 0, ty == LUA_TBOOLEAN ? lua_toboolean(L, 1) : lua_tonumber(L, 1));
+  apply_requires_grad(L, 2, t);
+  return 1;
+}
+
+/* Shared parsing for zeros/ones/empty/full/rand...: shape then optional opts. */
+static int shape_and_opts(lua_State *L, int idx, int *ndim, int64_t *shape, const char *op) {
+  int used = sere_lua_shape(L, idx, ndim, shape, op);
+  int opts = idx + used;
+  if (!lua_isnoneornil(L, opts) && !lua_istable(L, opts))
+    luaL_error(L, "%s: expected an options table after the shape, got %s", op, luaL_typename(L, opts));
+  for (int i = 0; i < *ndim; i++)
+    if (shape[i] < 0) luaL_error(L, "%s: invalid size %I", op, (lua_Integer)shape[i]);
+  check_device_opt(L, opts);
+  return opts;
+}
+
+static int filled(lua_State *L, double v, const char *op) {
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  int opts = shape_and_opts(L, 1, &ndim, shape, op);
+  sere_tensor *t = sere_full(ndim, shape, v, sere_lua_opt_dtype(L, opts, SERE_F32));
+  sere_lua_push(L, t);
+  apply_requires_grad(L, opts, t);
+  return 1;
+}
+
+static int l_zeros(lua_State *L) { return filled(L, 0, "zeros"); }
+static int l_ones(lua_State *L) { return filled(L, 1, "ones"); }
+static int l_empty(lua_State *L) { return filled(L, 0, "empty"); }
+
+static int l_full(lua_State *L) {
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  sere_lua_shape(L, 1, &ndim, shape, "full");
+  if (!lua_istable(L, 1)) return luaL_error(L, "full: shape must be a table: sere.full({2, 3}, value)");
+  double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+  check_device_opt(L, 3);
+  sere_dtype def = lua_isboolean(L, 2) ? SERE_BOOL : lua_isinteger(L, 2) ? SERE_I64 : SERE_F32;
+  sere_tensor *t = sere_full(ndim, shape, v, sere_lua_opt_dtype(L, 3, def));
+  sere_lua_push(L, t);
+  apply_requires_grad(L, 3, t);
+  return 1;
+}
+
+/* zeros_like / ones_like / full_like(t, v) */
+static int like(lua_State *L, double v, int value_idx, const char *op) {
+  sere_tensor *src = sere_lua_check(L, 1, op);
+  if (value_idx) v = luaL_checknumber(L, value_idx);
+  int opts = value_idx ? 3 : 2;
+  sere_tensor *t = sere_full(src->ndim, src->shape, v, sere_lua_opt_dtype(L, opts, src->dtype));
+  sere_lua_push(L, t);
+  apply_requires_grad(L, opts, t);
+  return 1;
+}
+static int l_zeros_like(lua_State *L) { return like(L, 0, 0, "zeros_like"); }
+static int l_ones_like(lua_State *L) { return like(L, 1, 0, "ones_like"); }
+static int l_full_like(lua_State *L) { return like(L, 0, 2, "full_like"); }
+
+/* sere.arange(end) / arange(start, end[, step][, opts]) — end exclusive. */
+static int l_arange(lua_State *L) {
+  int top = lua_gettop(L), nnum = 0;
+  while (nnum < top && lua_type(L, nnum + 1) == LUA_TNUMBER) nnum++;
+  if (nnum < 1 || nnum > 3) return luaL_error(L, "arange: expected (end), (start, end) or (start, end, step)");
+  double start = 0, end, step = 1;
+  int all_int = 1;
+  for (int i = 1; i <= nnum; i++) all_int &= lua_isinteger(L, i);
+  if (nnum == 1) end = lua_tonumber(L, 1);
+  else { start = lua_tonumber(L, 1); end = lua_tonumber(L, 2); }
+  if (nnum == 3) step = lua_tonumber(L, 3);
+  return sere_lua_push(L, sere_arange(start, end, step, sere_lua_opt_dtype(L, nnum + 1, all_int ? SERE_I64 : SERE_F32)));
+}
+
+static int l_linspace(lua_State *L) {
+  double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
+  lua_Integer n = luaL_checkinteger(L, 3);
+  return sere_lua_push(L, sere_linspace(a, b, n, sere_lua_opt_dtype(L, 4, SERE_F32)));
+}
+
+static int l_eye(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_Integer m = lua_type(L, 2) == LUA_TNUMBER ? lua_tointeger(L, 2) : n;
+  int opts = lua_type(L, 2) == LUA_TNUMBER ? 3 : 2;
+  return sere_lua_push(L, sere_eye(n, m, sere_lua_opt_dtype(L, opts, SERE_F32)));
+}
+
+/* ---- random ---------------------------------------------------------- */
+static sere_generator *opt_generator(lua_State *L, int opts) {
+  sere_generator *g = sere_default_generator();
+  if (!lua_istable(L, opts)) return g;
+  if (lua_getfield(L, opts, "generator") != LUA_TNIL) g = luaL_checkudata(L, -1, GENERATOR_MT);
+  lua_pop(L, 1);
+  return g;
+}
+
+typedef enum { RAND_UNIFORM, RAND_NORMAL } rand_kind;
+
+static int random_tensor(lua_State *L, rand_kind kind, const char *op) {
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  int opts = shape_and_opts(L, 1, &ndim, shape, op);
+  sere_dtype d = sere_lua_opt_dtype(L, opts, SERE_F32);
+  if (!sere_dtype_is_float(d)) return luaL_error(L, "%s: dtype must be f32 or bf16", op);
+  sere_tensor *t = sere_tensor_new(d, ndim, shape);
+  sere_lua_push(L, t);
+  sere_generator *g = opt_generator(L, opts);
+  int rc = kind == RAND_UNIFORM ? sere_uniform_(t, 0, 1, g) : sere_normal_(t, 0, 1, g);
+  if (rc) return sere_lua_raise(L);
+  apply_requires_grad(L, opts, t);
+  return 1;
+}
+
+static int l_rand(lua_State *L) { return random_tensor(L, RAND_UNIFORM, "rand"); }
+static int l_randn(lua_State *L) { return random_tensor(L, RAND_NORMAL, "randn"); }
+
+/* sere.randint(low, high, shape[, opts]) — values in [low, high), like PyTorch. */
+static int l_randint(lua_State *L) {
+  lua_Integer lo = luaL_checkinteger(L, 1), hi = luaL_checkinteger(L, 2);
+  if (hi <= lo) return luaL_error(L, "randint: empty range [%I, %I)", (lua_Integer)lo, (lua_Integer)hi);
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  int opts = shape_and_opts(L, 3, &ndim, shape, "randint");
+  sere_tensor *t = sere_tensor_new(sere_lua_opt_dtype(L, opts, SERE_I64), ndim, shape);
+  sere_lua_push(L, t);
+  if (sere_randint_(t, lo, hi, opt_generator(L, opts))) return sere_lua_raise(L);
+  return 1;
+}
+
+static int l_manual_seed(lua_State *L) {
+  sere_generator *g = sere_default_generator();
+  g->seed = (uint64_t)luaL_checkinteger(L, 1);
+  g->offset = 0;
+  return 0;
+}
+
+/* sere.Generator(seed): an explicit stream; fields seed and offset. */
+static int l_generator(lua_State *L) {
+  sere_generator *g = lua_newuserdatauv(L, sizeof *g, 0);
+  g->seed = (uint64_t)luaL_optinteger(L, 1, 0);
+  g->offset = 0;
+  luaL_setmetatable(L, GENERATOR_MT);
+  return 1;
+}
+
+static int gen_index(lua_State *L) {
+  sere_generator *g = luaL_checkudata(L, 1, GENERATOR_MT);
+  const char *k = luaL_checkstring(L, 2);
+  if (!strcmp(k, "seed")) lua_pushinteger(L, (lua_Integer)g->seed);
+  else if (!strcmp(k, "offset")) lua_pushinteger(L, (lua_Integer)g->offset);
+  else return luaL_error(L, "Generator has no field '%s' (fields: seed, offset)", k);
+  return 1;
+}
+
+static int gen_newindex(lua_State *L) {
+  sere_generator *g = luaL_checkudata(L, 1, GENERATOR_MT);
+  const char *k = luaL_checkstring(L, 2);
+  lua_Integer v = luaL_checkinteger(L, 3);
+  if (!strcmp(k, "seed")) g->seed = (uint64_t)v;
+  else if (!strcmp(k, "offset")) g->offset = (uint64_t)v;
+  else return luaL_error(L, "Generator has no field '%s' (fields: seed, offset)", k);
+  return 0;
+}
+
+static int l_get_rng_state(lua_State *L) {
+  sere_generator *g = sere_default_generator();
+  lua_newtable(L);
+  lua_pushinteger(L, (lua_Integer)g->seed);
+  lua_setfield(L, -2, "seed");
+  lua_pushinteger(L, (lua_Integer)g->offset);
+  lua_setfield(L, -2, "offset");
+  return 1;
+}
+
+static int l_set_rng_state(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  sere_generator *g = sere_default_generator();
+  lua_getfield(L, 1, "seed");
+  lua_getfield(L, 1, "offset");
+  g->seed = (uint64_t)luaL_checkinteger(L, -2);
+  g->offset = (uint64_t)luaL_checkinteger(L, -1);
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* In-place random fills: t:uniform_(lo, hi, opts), t:normal_(mean, std, opts). */
+static int m_uniform_(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "uniform_");
+  if (sere_check_inplace(t, "uniform_")) return sere_lua_raise(L);
+  if (sere_uniform_(t, luaL_optnumber(L, 2, 0), luaL_optnumber(L, 3, 1), opt_generator(L, 4))) return sere_lua_raise(L);
+  sere_bump_version(t);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int m_normal_(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "normal_");
+  if (sere_check_inplace(t, "normal_")) return sere_lua_raise(L);
+  if (sere_normal_(t, luaL_optnumber(L, 2, 0), luaL_optnumber(L, 3, 1), opt_generator(L, 4))) return sere_lua_raise(L);
+  sere_bump_version(t);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* ---- queries --------------------------------------------------------- */
+static int m_shape(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "shape");
+  if (!lua_isnoneornil(L, 2)) {
+    int d;
+    if (sere_wrap_dim(sere_lua_dim(L, 2, "size"), t->ndim, "size", &d) || t->ndim == 0) {
+      if (t->ndim == 0) sere_fail("size: a 0-dim tensor has no dims");
+      return sere_lua_raise(L);
+    }
+    lua_pushinteger(L, t->shape[d]);
+    return 1;
+  }
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushinteger(L, t->shape[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int m_stride(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "stride");
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushinteger(L, t->stride[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int m_dim(lua_State *L) { lua_pushinteger(L, sere_lua_check(L, 1, "dim")->ndim); return 1; }
+static int m_numel(lua_State *L) { lua_pushinteger(L, sere_numel(sere_lua_check(L, 1, "numel"))); return 1; }
+static int m_dtype(lua_State *L) { lua_pushstring(L, sere_dtype_name(sere_lua_check(L, 1, "dtype")->dtype)); return 1; }
+static int m_device(lua_State *L) { sere_lua_check(L, 1, "device"); lua_pushstring(L, "cpu"); return 1; }
+static int m_is_contiguous(lua_State *L) {
+  lua_pushboolean(L, sere_is_contiguous(sere_lua_check(L, 1, "is_contiguous")));
+  return 1;
+}
+static int m_storage_offset(lua_State *L) {
+  lua_pushinteger(L, sere_lua_check(L, 1, "storage_offset")->offset);
+  return 1;
+}
+/* Same storage? (for tests of view semantics) */
+static int m_shares_storage(lua_State *L) {
+  lua_pushboolean(L, sere_lua_check(L, 1, "shares_storage")->storage == sere_lua_check(L, 2, "shares_storage")->storage);
+  return 1;
+}
+
+static int m_item(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "item");
+  if (sere_numel(t) != 1) {
+    char a[128];
+    return luaL_error(L, "item: only a tensor with one element converts to a number, got shape %s",
+                      sere_shape_str(t, a, sizeof a));
+  }
+  int64_t idx[SERE_MAX_DIMS] = {0};
+  push_scalar(L, t, idx);
+  return 1;
+}
+
+static void totable_rec(lua_State *L, const sere_tensor *t, int depth, int64_t *index) {
+  if (depth == t->ndim) {
+    push_scalar(L, t, index);
+    return;
+  }
+  lua_createtable(L, (int)t->shape[depth], 0);
+  for (int64_t i = 0; i < t->shape[depth]; i++) {
+    index[depth] = i;
+    totable_rec(L, t, depth + 1, index);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+static int m_totable(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "totable");
+  int64_t index[SERE_MAX_DIMS] = {0};
+  luaL_checkstack(L, SERE_MAX_DIMS + 4, "totable");
+  totable_rec(L, t, 0, index);
+  return 1;
+}
+
+/* ---- views and conversion -------------------------------------------- */
+static int m_reshape_like(lua_State *L, int allow_copy, const char *op) {
+  sere_tensor *t = sere_lua_check(L, 1, op);
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  sere_lua_shape(L, 2, &ndim, shape, op);
+  return sere_lua_push(L, allow_copy ? sere_reshape(t, ndim, shape) : sere_view(t, ndim, shape));
+}
+static int m_reshape(lua_State *L) { return m_reshape_like(L, 1, "reshape"); }
+static int m_view(lua_State *L) { return m_reshape_like(L, 0, "view"); }
+
+static int m_expand(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "expand");
+  int ndim;
+  int64_t shape[SERE_MAX_DIMS];
+  sere_lua_shape(L, 2, &ndim, shape, "expand");
+  return sere_lua_push(L, sere_expand(t, ndim, shape));
+}
+
+static int m_expand_as(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "expand_as"), *o = sere_lua_check(L, 2, "expand_as");
+  return sere_lua_push(L, sere_expand(t, o->ndim, o->shape));
+}
+
+static int m_transpose(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "transpose");
+  return sere_lua_push(L, sere_transpose(t, sere_lua_dim(L, 2, "transpose"), sere_lua_dim(L, 3, "transpose")));
+}
+
+/* t:t() — transpose of a matrix (or a 1-D tensor unchanged). */
+static int m_t(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "t");
+  if (t->ndim > 2) return luaL_error(L, "t: expects a tensor with at most 2 dims, got %d (use transpose)", t->ndim);
+  if (t->ndim < 2) return sere_lua_push(L, sere_tensor_retain(t));
+  return sere_lua_push(L, sere_transpose(t, 0, 1));
+}
+
+static int m_permute(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "permute");
+  int perm[SERE_MAX_DIMS], n = 0;
+  if (lua_istable(L, 2)) {
+    n = (int)luaL_len(L, 2);
+    if (n > SERE_MAX_DIMS) return luaL_error(L, "permute: too many dims");
+    for (int i = 0; i < n; i++) {
+      lua_geti(L, 2, i + 1);
+      perm[i] = sere_lua_dim(L, -1, "permute");
+      lua_pop(L, 1);
+    }
+  } else {
+    for (int i = 2; i <= lua_gettop(L) && n < SERE_MAX_DIMS; i++) perm[n++] = sere_lua_dim(L, i, "permute");
+  }
+  return sere_lua_push(L, sere_permute(t, n, perm));
+}
+
+/* t:narrow(dim, start, length) — start is 1-based. */
+static int m_narrow(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "narrow");
+  int dim = sere_lua_dim(L, 2, "narrow");
+  lua_Integer start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
+  if (start == 0) return luaL_error(L, "narrow: start is 1-based; got 0");
+  return sere_lua_push(L, sere_narrow(t, dim, start > 0 ? start - 1 : start, len));
+}
+
+/* t:select(dim, index) — index is 1-based; negative counts from the end. */
+static int m_select(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "select");
+  int dim = sere_lua_dim(L, 2, "select");
+  lua_Integer i = luaL_checkinteger(L, 3);
+  if (i == 0) return luaL_error(L, "select: indices are 1-based; got 0");
+  return sere_lua_push(L, sere_select(t, dim, i > 0 ? i - 1 : i));
+}
+
+static int m_unsqueeze(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "unsqueeze");
+  return sere_lua_push(L, sere_unsqueeze(t, sere_lua_dim(L, 2, "unsqueeze")));
+}
+
+static int m_squeeze(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "squeeze");
+  int dim = lua_isnoneornil(L, 2) ? SERE_ALL_DIMS : sere_lua_dim(L, 2, "squeeze");
+  return sere_lua_push(L, sere_squeeze(t, dim));
+}
+
+static int m_flatten(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "flatten");
+  int s = lua_isnoneornil(L, 2) ? 0 : sere_lua_dim(L, 2, "flatten");
+  int e = lua_isnoneornil(L, 3) ? -1 : sere_lua_dim(L, 3, "flatten");
+  return sere_lua_push(L, sere_flatten(t, s, e));
+}
+
+static int m_contiguous(lua_State *L) { return sere_lua_push(L, sere_contiguous(sere_lua_check(L, 1, "contiguous"))); }
+static int m_clone(lua_State *L) { return sere_lua_push(L, sere_clone(sere_lua_check(L, 1, "clone"))); }
+static int m_detach(lua_State *L) { return sere_lua_push(L, sere_detach(sere_lua_check(L, 1, "detach"))); }
+
+/* t:to(dtype) / t:to("cpu") / t:to(dtype_or_device, {..}) */
+static int m_to(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "to");
+  const char *what = luaL_checkstring(L, 2);
+  if (!strcmp(what, "cpu")) return sere_lua_push(L, sere_tensor_retain(t));
+  if (!strncmp(what, "cuda", 4)) return luaL_error(L, "to: device '%s' is not available in this build", what);
+  return sere_lua_push(L, sere_to_dtype(t, sere_lua_check_dtype(L, 2)));
+}
+
+static int to_fixed(lua_State *L, sere_dtype d, const char *op) {
+  return sere_lua_push(L, sere_to_dtype(sere_lua_check(L, 1, op), d));
+}
+static int m_float(lua_State *L) { return to_fixed(L, SERE_F32, "float"); }
+static int m_bfloat16(lua_State *L) { return to_fixed(L, SERE_BF16, "bfloat16"); }
+static int m_long(lua_State *L) { return to_fixed(L, SERE_I64, "long"); }
+static int m_int(lua_State *L) { return to_fixed(L, SERE_I32, "int"); }
+static int m_bool(lua_State *L) { return to_fixed(L, SERE_BOOL, "bool"); }
+static int m_byte(lua_State *L) { return to_fixed(L, SERE_U8, "byte"); }
+
+static int m_copy_(lua_State *L) {
+  sere_tensor *dst = sere_lua_check(L, 1, "copy_"), *src = sere_lua_check(L, 2, "copy_");
+  if (sere_copy_(dst, src)) return sere_lua_raise(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* ---- autograd -------------------------------------------------------- */
+/* t:backward([grad][, {retain_graph = bool}]) */
+static int m_backward(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "backward");
+  sere_tensor *g = sere_lua_opt_tensor(L, 2);
+  int opts = g ? 3 : 2;
+  int retain = 0;
+  if (lua_istable(L, opts)) {
+    lua_getfield(L, opts, "retain_graph");
+    retain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  } else if (!g && !lua_isnoneornil(L, 2)) {
+    return luaL_error(L, "backward: expected a gradient tensor or an options table, got %s", luaL_typename(L, 2));
+  }
+  if (sere_backward(t, g, retain)) return sere_lua_raise(L);
+  return 0;
+}
+
+/* t:requires_grad_([on]) — sets the flag through t.requires_grad = on and returns t. */
+static int m_requires_grad_(lua_State *L) {
+  sere_lua_check(L, 1, "requires_grad_");
+  int on = lua_isnone(L, 2) ? 1 : lua_toboolean(L, 2);
+  lua_settop(L, 1);
+  lua_pushliteral(L, "requires_grad");
+  lua_pushboolean(L, on);
+  t_newindex(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int m_zero_grad(lua_State *L) {
+  sere_tensor *t = sere_lua_check(L, 1, "zero_grad");
+  sere_tensor_release(t->grad);
+  t->grad = NULL;
+  return 0;
+}
+
+static int l_set_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, sere_set_grad_enabled(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int l_is_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, sere_grad_enabled());
+  return 1;
+}
+
+static int l_is_tensor(lua_State *L) {
+  lua_pushboolean(L, sere_lua_opt_tensor(L, 1) != NULL);
+  return 1;
+}
+
+static int l_storage_bytes(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sere_storage_live_bytes());
+  return 1;
+}
+
+void sere_lua_open_tensor(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"shape", m_shape}, {"size", m_shape}, {"stride", m_stride}, {"dim", m_dim}, {"numel", m_numel},
+      {"dtype", m_dtype}, {"device", m_device}, {"is_contiguous", m_is_contiguous},
+      {"storage_offset", m_storage_offset}, {"shares_storage", m_shares_storage}, {"item", m_item},
+      {"totable", m_totable}, {"reshape", m_reshape}, {"view", m_view}, {"expand", m_expand},
+      {"expand_as", m_expand_as}, {"transpose", m_transpose}, {"t", m_t}, {"permute", m_permute},
+      {"narrow", m_narrow}, {"select", m_select}, {"unsqueeze", m_unsqueeze}, {"squeeze", m_squeeze},
+      {"flatten", m_flatten}, {"contiguous", m_contiguous}, {"clone", m_clone}, {"detach", m_detach},
+      {"to", m_to}, {"float", m_float}, {"bfloat16", m_bfloat16}, {"long", m_long}, {"int", m_int},
+      {"bool", m_bool}, {"byte", m_byte}, {"copy_", m_copy_}, {"backward", m_backward},
+      {"requires_grad_", m_requires_grad_}, {"zero_grad", m_zero_grad}, {"uniform_", m_uniform_},
+      {"normal_", m_normal_}, {NULL, NULL}};
+  static const luaL_Reg functions[] = {
+      {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"empty", l_empty}, {"full", l_full},
+      {"zeros_like", l_zeros_like}, {"ones_like", l_ones_like}, {"full_like", l_full_like},
+      {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"rand", l_rand}, {"randn", l_randn},
+      {"randint", l_randint}, {"manual_seed", l_manual_seed}, {"Generator", l_generator},
+      {"get_rng_state", l_get_rng_state}, {"set_rng_state", l_set_rng_state},
+      {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
+      {"is_tensor", l_is_tensor}, {"storage_bytes", l_storage_bytes},
+      {"reshape", m_reshape}, {"transpose", m_transpose}, {"permute", m_permute}, {"narrow", m_narrow},
+      {"select", m_select}, {"unsqueeze", m_unsqueeze}, {"squeeze", m_squeeze}, {"flatten", m_flatten},
+      {"clone", m_clone}, {"detach", m_detach}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+      {"__gc", t_gc}, {"__index", t_index}, {"__newindex", t_newindex}, {"__len", t_len}, {NULL, NULL}};
+  sere_lua_set_metamethods(L, meta);
+  sere_lua_register(L, methods, functions);
+
+  luaL_newmetatable(L, GENERATOR_MT);
+  lua_pushcfunction(L, gen_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, gen_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pop(L, 1);
+}
+
+/* The C module: require "sere.core". lua/sere/init.lua builds on it. */
+int luaopen_sere_core(lua_State *L) {
+  luaL_newmetatable(L, SERE_TENSOR_MT);
+  lua_pushliteral(L, "Tensor");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, METHODS_KEY);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, MODULE_KEY);
+
+  sere_lua_open_tensor(L);
+  sere_lua_open_math(L);
+  sere_lua_open_reduce(L);
+  sere_lua_open_index(L);
+  sere_lua_open_io(L);
+  sere_lua_open_cuda(L);
+
+  /* expose the method table so Lua code can add methods (sere/init.lua) */
+  lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);
+  lua_setfield(L, -2, "Tensor");
+  luaL_getmetatable(L, SERE_TENSOR_MT);
+  lua_setfield(L, -2, "_tensor_mt");
+  return 1;
+}

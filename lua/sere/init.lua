@@ -1,0 +1,39 @@
+-- sere — the Lua library's entry point: the C core (tensors, autograd, io)
+-- plus the pieces written in Lua (no_grad, printing, testing helpers).
+local core = require "sere.core"
+
+local sere = {}
+for k, v in pairs(core) do sere[k] = v end
+
+--- Runs fn(...) with gradient recording off; restores the previous mode even
+--- if fn raises an error. Returns fn's results.
+function sere.no_grad(fn, ...)
+  local prev = core.set_grad_enabled(false)
+  local res = table.pack(pcall(fn, ...))
+  core.set_grad_enabled(prev)
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+--- Same, with recording on (inside a no_grad region).
+function sere.enable_grad(fn, ...)
+  local prev = core.set_grad_enabled(true)
+  local res = table.pack(pcall(fn, ...))
+  core.set_grad_enabled(prev)
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+sere.testing = require "sere.testing"
+
+--- sere.cuda: device queries (the tensor backend arrives with issue 6).
+sere.cuda = {
+  is_available = core.cuda_is_available,
+  device_count = core.cuda_device_count,
+  compiled = core.cuda_compiled,
+  device_name = core.cuda_device_name,
+  mem_info = core.cuda_mem_info,
+  synchronize = core.cuda_synchronize,
+}
+
+return sere
