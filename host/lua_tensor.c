@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "ops/ops.h"
 
@@ -811,6 +812,14 @@ static int l_is_tensor(lua_State *L) {
   return 1;
 }
 
+/* sere.clock(): monotonic wall-clock seconds, for benchmarks and progress lines. */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + ts.tv_nsec * 1e-9);
+  return 1;
+}
+
 static int l_storage_bytes(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)sere_storage_live_bytes());
   return 1;
@@ -836,7 +845,7 @@ void sere_lua_open_tensor(lua_State *L) {
       {"randint", l_randint}, {"manual_seed", l_manual_seed}, {"Generator", l_generator},
       {"get_rng_state", l_get_rng_state}, {"set_rng_state", l_set_rng_state},
       {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-      {"is_tensor", l_is_tensor}, {"storage_bytes", l_storage_bytes},
+      {"is_tensor", l_is_tensor}, {"storage_bytes", l_storage_bytes}, {"clock", l_clock},
       {"reshape", m_reshape}, {"transpose", m_transpose}, {"permute", m_permute}, {"narrow", m_narrow},
       {"select", m_select}, {"unsqueeze", m_unsqueeze}, {"squeeze", m_squeeze}, {"flatten", m_flatten},
       {"clone", m_clone}, {"detach", m_detach}, {NULL, NULL}};
