@@ -42,9 +42,14 @@ int sere_check_inplace(const sere_tensor *t, const char *op) {
 }
 
 sere_node *sere_node_new(const char *name, sere_backward_fn fn, int ninputs, sere_tensor *const *inputs) {
-  if (ninputs > SERE_NODE_MAX_INPUTS) return sere_fail("%s: too many autograd inputs", name);
   sere_node *n = calloc(1, sizeof *n);
-  if (!n) return sere_fail("out of memory allocating an autograd node");
+  sere_edge *edges = calloc((size_t)(ninputs > 0 ? ninputs : 1), sizeof *edges);
+  if (!n || !edges) {
+    free(n);
+    free(edges);
+    return sere_fail("out of memory allocating an autograd node");
+  }
+  n->edges = edges;
   n->refcount = 1;
   n->name = name;
   n->backward = fn;
@@ -97,6 +102,7 @@ void sere_node_release(sere_node *n) {
           stack[len++] = n->edges[i].node;
         }
       }
+      free(n->edges);
       free(n);
     }
     n = len ? stack[--len] : NULL;
@@ -254,8 +260,14 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
     sere_node *n = ready.items[--ready.len];
     sere_tensor *g = n->grad_accum;
     n->grad_accum = NULL;
-    sere_tensor *grad_in[SERE_NODE_MAX_INPUTS] = {0};
+    sere_tensor **grad_in = calloc((size_t)(n->ninputs > 0 ? n->ninputs : 1), sizeof *grad_in);
+    if (!grad_in) {
+      sere_tensor_release(g);
+      sere_fail("backward: out of memory");
+      goto done;
+    }
     if (g && n->released) {
+      free(grad_in);
       sere_tensor_release(g);
       sere_fail("%s backward: trying to backward through the graph a second time; the saved "
                 "tensors were freed after the first backward (pass retain_graph = true)", n->name);
@@ -263,13 +275,15 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
     }
     /* A node whose consumers all produced no gradient still runs as a no-op,
      * so the pending counts of the nodes below it reach zero. */
-    int brc = g ? n->backward(n, g, grad_in) : 0;
+    int ran = g != NULL;
+    int brc = ran ? n->backward(n, g, grad_in) : 0;
     sere_tensor_release(g);
     if (brc) {
       for (int i = 0; i < n->ninputs; i++) sere_tensor_release(grad_in[i]);
+      free(grad_in);
       goto done;
     }
-    if (g && !retain_graph) {
+    if (ran && !retain_graph) {
       node_free_saved(n);
       n->released = 1;
     }
@@ -286,9 +300,11 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
       sere_tensor_release(gi);
       if (err) {
         for (int j = i + 1; j < n->ninputs; j++) sere_tensor_release(grad_in[j]);
+        free(grad_in);
         goto done;
       }
     }
+    free(grad_in);
   }
   rc = 0;
 

@@ -28,7 +28,6 @@
 
 #include "tensor.h"
 
-#define SERE_NODE_MAX_INPUTS 8
 #define SERE_NODE_MAX_SAVED 6
 
 typedef struct sere_node sere_node;
@@ -48,7 +47,7 @@ struct sere_node {
   const char *name;
   sere_backward_fn backward;
   int ninputs;
-  sere_edge edges[SERE_NODE_MAX_INPUTS];
+  sere_edge *edges; /* ninputs entries */
   sere_tensor *saved[SERE_NODE_MAX_SAVED];
   uint32_t saved_version[SERE_NODE_MAX_SAVED];
   int64_t ints[SERE_MAX_DIMS * 2]; /* op arguments (dims, sizes, ...) */

@@ -1,6 +1,8 @@
 /* main.c — the sere program: runs Lua scripts (`sere script.lua args`),
- * code strings (`sere -e code`) and the interactive REPL (see repl.c), with
- * the sere Lua library found next to the executable. */
+ * code strings (`sere -e code`), stdin (`sere -`) and the REPL (repl.c),
+ * with the sere Lua library found from the executable's location and the
+ * global `sere` preloaded. Command line and `arg` table as in the standard
+ * `lua` program. */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -13,42 +15,49 @@
 #include "lua_tensor.h"
 #include "repl.h"
 
+static const char *progname = "sere";
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: sere [options] [script.lua [args...]]\n"
-          "  script.lua args  run a script; its arguments are in the table `arg`\n"
-          "  -e code          run a string of Lua code (may be repeated)\n"
-          "  -i               enter the interactive REPL after running the script / code\n"
+          "  script.lua args  run a script; its arguments are arg[1], arg[2], ... and `...`\n"
+          "  -                run the script read from stdin\n"
+          "  -e code          run a string of Lua code (repeatable; runs before the script)\n"
+          "  -l name          name = require(\"name\") (-l sere.nn sets `nn`; repeatable)\n"
+          "  -i               enter the REPL after running the script / code\n"
+          "  --               stop handling options\n"
           "  -v, --version    print the version and exit\n"
           "  -h, --help       print this help and exit\n"
-          "With no script and no -e, sere opens the REPL (it reads stdin line by line\n"
-          "when stdin is not a terminal). `local sere = require \"sere\"` is preloaded\n"
-          "as the global `sere`.\n");
+          "With no script and no -e, sere opens the REPL (on a terminal: line editing\n"
+          "and history in ~/.sere_history or $SERE_HISTORY; otherwise it reads stdin\n"
+          "line by line). The global `sere` is preloaded: sere.tensor({1, 2}) works at once.\n");
 }
 
-/* Finds lua/ relative to the executable: <bin>/../lua (build tree inside the
- * source tree), <bin>/../share/sere/lua (install), then the source tree the
- * binary was configured from. */
+/* ---- finding the Lua library ------------------------------------------ */
+static int has_library(const char *dir) {
+  char probe[PATH_MAX + 32];
+  snprintf(probe, sizeof probe, "%s/sere/init.lua", dir);
+  return access(probe, R_OK) == 0;
+}
+
+/* lua/ relative to the executable: <bin>/../share/sere/lua (an install),
+ * <bin>/../lua (a build directory directly inside the source tree); else
+ * the source tree the build was configured from (any other build dir). */
 static int find_lua_dir(char *out, size_t n) {
   char exe[PATH_MAX];
   ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  const char *rel[] = {"/../lua", "/../share/sere/lua"};
   if (len > 0) {
     exe[len] = 0;
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
+    const char *rel[] = {"/../share/sere/lua", "/../lua"};
     for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
-      char probe[PATH_MAX + 64];
-      snprintf(probe, sizeof probe, "%s%s/sere/init.lua", exe, rel[i]);
-      if (access(probe, R_OK) == 0) {
-        snprintf(probe, sizeof probe, "%s%s", exe, rel[i]);
-        if (realpath(probe, out)) return 0;
-      }
+      char probe[PATH_MAX + 32];
+      snprintf(probe, sizeof probe, "%s%s", exe, rel[i]);
+      if (has_library(probe) && realpath(probe, out)) return 0;
     }
   }
-  char probe[PATH_MAX + 64];
-  snprintf(probe, sizeof probe, "%s/sere/init.lua", SERE_SOURCE_LUA_DIR);
-  if (access(probe, R_OK) == 0) {
+  if (has_library(SERE_SOURCE_LUA_DIR)) {
     snprintf(out, n, "%s", SERE_SOURCE_LUA_DIR);
     return 0;
   }
@@ -58,7 +67,8 @@ static int find_lua_dir(char *out, size_t n) {
 static int setup_paths(lua_State *L) {
   char dir[PATH_MAX];
   if (find_lua_dir(dir, sizeof dir)) {
-    fprintf(stderr, "sere: cannot find the sere Lua library (lua/sere/init.lua) next to the executable\n");
+    fprintf(stderr, "%s: cannot find the sere Lua library (sere/init.lua) in <bin>/../share/sere/lua, "
+                    "<bin>/../lua or %s\n", progname, SERE_SOURCE_LUA_DIR);
     return -1;
   }
   lua_getglobal(L, "package");
@@ -73,93 +83,136 @@ static int setup_paths(lua_State *L) {
   return 0;
 }
 
-int sere_traceback_handler(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (!msg) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
-    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
+/* ---- command line ----------------------------------------------------- */
+typedef struct {
+  int script;      /* index of the script in argv, 0 if none */
+  int interactive; /* -i */
+  int has_code;    /* some -e */
+} options;
+
+/* The argument of -e / -l: attached ("-eCODE") or the next word. */
+static const char *option_arg(char **argv, int *i) {
+  if (argv[*i][2]) return argv[*i] + 2;
+  return argv[*i + 1] ? argv[++*i] : NULL;
 }
 
-/* Runs the function on top of the stack with nargs arguments under the
- * traceback handler; prints the error to stderr. Returns the Lua status. */
-int sere_run_protected(lua_State *L, int nargs, int nresults) {
-  int base = lua_gettop(L) - nargs;
-  lua_pushcfunction(L, sere_traceback_handler);
-  lua_insert(L, base);
-  int status = lua_pcall(L, nargs, nresults, base);
-  lua_remove(L, base);
-  if (status != LUA_OK) {
-    fprintf(stderr, "sere: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
+/* Returns 0 to go on, or 1 + the exit status (--help, --version, misuse). */
+static int parse_args(int argc, char **argv, options *o) {
+  memset(o, 0, sizeof *o);
+  int i;
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-' || !strcmp(a, "-")) break;
+    if (!strcmp(a, "--")) { i++; break; }
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
+      printf("sere %s (%s)\n", SERE_VERSION, LUA_RELEASE);
+      return 1;
+    }
+    if (!strcmp(a, "-i")) { o->interactive = 1; continue; }
+    if (a[1] == 'e' || a[1] == 'l') {
+      if (!option_arg(argv, &i)) {
+        fprintf(stderr, "%s: option '%s' needs an argument\n", progname, a);
+        usage(stderr);
+        return 3;
+      }
+      o->has_code |= a[1] == 'e';
+      continue;
+    }
+    fprintf(stderr, "%s: unknown option '%s'\n", progname, a);
+    usage(stderr);
+    return 3;
   }
+  o->script = i < argc ? i : 0;
+  return 0;
+}
+
+/* arg[0] = the script, arg[1..] its arguments, negative indices the
+ * interpreter and its options; with no script arg[0] is the program. */
+static void create_arg_table(lua_State *L, int argc, char **argv, int script) {
+  lua_createtable(L, argc - script, script + 1);
+  for (int k = 0; k < argc; k++) {
+    lua_pushstring(L, argv[k]);
+    lua_rawseti(L, -2, k - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int report_unless_ok(lua_State *L, int status) {
+  if (status != LUA_OK) sere_report(L, progname);
   return status;
 }
 
-int main(int argc, char **argv) {
-  int interactive = 0, script = 0;
-  int i;
-  for (i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
-    if (!strcmp(argv[i], "-v") || !strcmp(argv[i], "--version")) { printf("sere %s (%s)\n", SERE_VERSION, LUA_RELEASE); return 0; }
-    if (!strcmp(argv[i], "-i")) { interactive = 1; continue; }
-    if (!strcmp(argv[i], "-e")) {
-      if (++i >= argc) { fprintf(stderr, "sere: -e needs an argument\n"); usage(stderr); return 2; }
-      continue;
-    }
-    if (!strcmp(argv[i], "--")) { i++; break; }
-    if (argv[i][0] == '-' && argv[i][1]) { fprintf(stderr, "sere: unknown option '%s'\n", argv[i]); usage(stderr); return 2; }
-    break;
+static int run_string(lua_State *L, const char *code) {
+  int status = luaL_loadbuffer(L, code, strlen(code), "=(command line)");
+  if (status == LUA_OK) status = sere_docall(L, 0, 0);
+  return report_unless_ok(L, status);
+}
+
+/* -l name: global = require(name), the global named after the last
+ * component of name (-l sere.nn sets `nn`). */
+static int run_require(lua_State *L, const char *name) {
+  const char *dot = strrchr(name, '.');
+  lua_getglobal(L, "require");
+  lua_pushstring(L, name);
+  int status = sere_docall(L, 1, 1);
+  if (status == LUA_OK) lua_setglobal(L, dot ? dot + 1 : name);
+  return report_unless_ok(L, status);
+}
+
+/* Runs -e and -l in command-line order. */
+static int run_options(lua_State *L, char **argv, int end) {
+  for (int i = 1; i < end; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-' || (a[1] != 'e' && a[1] != 'l')) continue;
+    const char *value = option_arg(argv, &i);
+    int status = a[1] == 'e' ? run_string(L, value) : run_require(L, value);
+    if (status != LUA_OK) return status;
   }
-  script = i < argc ? i : 0;
+  return LUA_OK;
+}
+
+static int run_script(lua_State *L, int argc, char **argv, int script) {
+  const char *fname = argv[script];
+  /* "-" is stdin, unless it came after "--" */
+  int from_stdin = !strcmp(fname, "-") && strcmp(argv[script - 1], "--");
+  int status = luaL_loadfile(L, from_stdin ? NULL : fname);
+  if (status == LUA_OK) {
+    int nargs = argc - script - 1;
+    luaL_checkstack(L, nargs + 3, "too many arguments to the script");
+    for (int k = script + 1; k < argc; k++) lua_pushstring(L, argv[k]);
+    status = sere_docall(L, nargs, 0);
+  }
+  return report_unless_ok(L, status);
+}
+
+int main(int argc, char **argv) {
+  options o;
+  int early = parse_args(argc, argv, &o);
+  if (early) return early - 1;
 
   lua_State *L = luaL_newstate();
-  if (!L) { fprintf(stderr, "sere: cannot create a Lua state\n"); return 1; }
+  if (!L) {
+    fprintf(stderr, "%s: cannot create a Lua state (out of memory)\n", progname);
+    return 1;
+  }
   luaL_openlibs(L);
-  if (setup_paths(L)) { lua_close(L); return 1; }
-
-  /* arg table: arg[0] = script, arg[1..] = its arguments, negative = interpreter args */
-  lua_createtable(L, argc, 1);
-  for (int k = 0; k < argc; k++) {
-    lua_pushstring(L, argv[k]);
-    lua_rawseti(L, -2, k - (script ? script : argc));
+  if (setup_paths(L)) {
+    lua_close(L);
+    return 1;
   }
-  lua_setglobal(L, "arg");
+  create_arg_table(L, argc, argv, o.script);
 
-  /* the global `sere` */
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "sere");
-  int status = sere_run_protected(L, 1, 1);
-  if (status != LUA_OK) { lua_close(L); return 1; }
-  lua_setglobal(L, "sere");
-
-  int ran_code = 0;
-  for (int k = 1; k < (script ? script : argc) && status == LUA_OK; k++) {
-    if (strcmp(argv[k], "-e")) continue;
-    const char *code = argv[++k];
-    ran_code = 1;
-    if (luaL_loadbuffer(L, code, strlen(code), "=(command line)") != LUA_OK) {
-      fprintf(stderr, "sere: %s\n", lua_tostring(L, -1));
-      status = LUA_ERRSYNTAX;
-    } else {
-      status = sere_run_protected(L, 0, 0);
-    }
-  }
-  if (status == LUA_OK && script) {
-    if (luaL_loadfile(L, argv[script]) != LUA_OK) {
-      fprintf(stderr, "sere: %s\n", lua_tostring(L, -1));
-      status = LUA_ERRFILE;
-    } else {
-      int nargs = argc - script - 1;
-      luaL_checkstack(L, nargs + 8, "too many arguments");
-      for (int k = script + 1; k < argc; k++) lua_pushstring(L, argv[k]);
-      status = sere_run_protected(L, nargs, 0);
-    }
-  }
+  int status = run_require(L, "sere");
+  if (status == LUA_OK) status = run_options(L, argv, o.script ? o.script : argc);
+  if (status == LUA_OK && o.script) status = run_script(L, argc, argv, o.script);
   int rc = status == LUA_OK ? 0 : 1;
-  if ((interactive || (!script && !ran_code)) && (status == LUA_OK || interactive)) rc = sere_repl(L);
+  /* Like `python -i`, -i opens the REPL even after an error, to inspect
+   * it; the exit status still reports the error. */
+  if (o.interactive || (status == LUA_OK && !o.script && !o.has_code)) {
+    int repl_rc = sere_repl(L);
+    if (rc == 0) rc = repl_rc;
+  }
   fflush(stdout);
   lua_close(L);
   return rc;

@@ -76,12 +76,11 @@ static atomic_size_t live_bytes;
 
 size_t sere_storage_live_bytes(void) { return atomic_load(&live_bytes); }
 
-sere_storage *sere_storage_new(size_t nbytes, sere_device_type dev) {
+static sere_storage *storage_alloc(size_t nbytes, sere_device_type dev, int zero) {
   if (dev != SERE_CPU) return sere_fail("storage: device not available in this build");
   sere_storage *s = calloc(1, sizeof *s);
   if (!s) return sere_fail("out of memory allocating a storage header");
-  /* 64-byte alignment for vector loads; calloc semantics so a tensor never
-   * exposes stale memory. */
+  /* 64-byte alignment for vector loads. */
   size_t alloc = (nbytes + 63) & ~(size_t)63;
   if (alloc == 0) alloc = 64;
   s->data = aligned_alloc(64, alloc);
@@ -90,13 +89,15 @@ sere_storage *sere_storage_new(size_t nbytes, sere_device_type dev) {
     return sere_fail("out of memory: cannot allocate %zu bytes (%.1f MiB) on cpu; %.1f MiB in use",
                      nbytes, nbytes / 1048576.0, sere_storage_live_bytes() / 1048576.0);
   }
-  memset(s->data, 0, alloc);
+  if (zero) memset(s->data, 0, alloc);
   s->nbytes = nbytes;
   s->refcount = 1;
   s->device = dev;
   atomic_fetch_add(&live_bytes, nbytes);
   return s;
 }
+
+sere_storage *sere_storage_new(size_t nbytes, sere_device_type dev) { return storage_alloc(nbytes, dev, 1); }
 
 void sere_storage_retain(sere_storage *s) { s->refcount++; }
 
@@ -131,7 +132,7 @@ static void set_contiguous_strides(sere_tensor *t) {
   }
 }
 
-sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape) {
+static sere_tensor *tensor_alloc(sere_dtype dtype, int ndim, const int64_t *shape, int zero) {
   if (ndim < 0 || ndim > SERE_MAX_DIMS)
     return sere_fail("tensor: %d dims is more than the supported %d", ndim, SERE_MAX_DIMS);
   int64_t n = 1;
@@ -142,13 +143,21 @@ sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape) {
   }
   sere_tensor *t = tensor_header();
   if (!t) return NULL;
-  t->storage = sere_storage_new((size_t)n * sere_dtype_size(dtype), SERE_CPU);
+  t->storage = storage_alloc((size_t)n * sere_dtype_size(dtype), SERE_CPU, zero);
   if (!t->storage) { free(t); return NULL; }
   t->ndim = ndim;
   t->dtype = dtype;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(t);
   return t;
+}
+
+sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape) {
+  return tensor_alloc(dtype, ndim, shape, 1);
+}
+
+sere_tensor *sere_tensor_new_uninit(sere_dtype dtype, int ndim, const int64_t *shape) {
+  return tensor_alloc(dtype, ndim, shape, 0);
 }
 
 sere_tensor *sere_tensor_new_like(const sere_tensor *like, sere_dtype dtype) {
@@ -164,8 +173,10 @@ sere_tensor *sere_tensor_view_of(const sere_tensor *base, int ndim, const int64_
   t->ndim = ndim;
   t->dtype = base->dtype;
   t->offset = offset;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
-  memcpy(t->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  if (ndim) {
+    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    memcpy(t->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  }
   return t;
 }
 
@@ -279,7 +290,7 @@ int sere_copy_raw(sere_tensor *dst, const sere_tensor *src) {
   /* Overlapping storage (e.g. copying a tensor into a transposed view of
    * itself) would read already-written values: go through a temporary. */
   if (dst->storage == src->storage) {
-    sere_tensor *tmp = sere_tensor_new(src->dtype, src->ndim, src->shape);
+    sere_tensor *tmp = sere_tensor_new_uninit(src->dtype, src->ndim, src->shape);
     if (!tmp) return -1;
     if (sere_copy_raw(tmp, src) || sere_copy_raw(dst, tmp)) { sere_tensor_release(tmp); return -1; }
     sere_tensor_release(tmp);
@@ -312,7 +323,7 @@ int sere_copy_raw(sere_tensor *dst, const sere_tensor *src) {
 
 sere_tensor *sere_as_contiguous_dtype(sere_tensor *t, sere_dtype d) {
   if (t->dtype == d && sere_is_contiguous(t)) return sere_tensor_retain(t);
-  sere_tensor *out = sere_tensor_new(d, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit(d, t->ndim, t->shape);
   if (!out) return NULL;
   if (sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   return out;

@@ -100,6 +100,8 @@ size_t sere_storage_live_bytes(void);
 
 /* New contiguous tensor; memory is zero-filled. */
 sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape);
+/* Same without zero-filling: only for outputs that an op overwrites entirely. */
+sere_tensor *sere_tensor_new_uninit(sere_dtype dtype, int ndim, const int64_t *shape);
 /* New contiguous tensor with the shape of `like`. */
 sere_tensor *sere_tensor_new_like(const sere_tensor *like, sere_dtype dtype);
 /* New tensor header over an existing storage (a view); retains storage. */

@@ -290,7 +290,7 @@ sere_tensor *sere_contiguous(sere_tensor *t) {
 }
 
 sere_tensor *sere_clone(sere_tensor *t) {
-  sere_tensor *out = sere_tensor_new(t->dtype, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
   if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   return record1(out, t, "clone", identity_backward, 0, NULL);
 }
@@ -302,7 +302,7 @@ static int to_dtype_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
 
 sere_tensor *sere_to_dtype(sere_tensor *t, sere_dtype d) {
   if (t->dtype == d) return sere_tensor_retain(t);
-  sere_tensor *out = sere_tensor_new(d, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit(d, t->ndim, t->shape);
   if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   if (!out || !sere_needs_grad(1, &t)) return out;
   if (!sere_dtype_is_float(d)) return out; /* integer results carry no gradient */

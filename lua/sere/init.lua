@@ -26,6 +26,8 @@ end
 
 sere.testing = require "sere.testing"
 
+core._tensor_mt.__tostring = require("sere.print").tostring
+
 --- sere.cuda: device queries (the tensor backend arrives with issue 6).
 sere.cuda = {
   is_available = core.cuda_is_available,
