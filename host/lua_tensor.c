@@ -560,32 +560,30 @@ static int m_normal_(lua_State *L) {
 }
 
 /* ---- queries --------------------------------------------------------- */
+static void push_int_array(lua_State *L, int n, const int64_t *v) {
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushinteger(L, v[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
 static int m_shape(lua_State *L) {
   sere_tensor *t = sere_lua_check(L, 1, "shape");
   if (!lua_isnoneornil(L, 2)) {
     int d;
-    if (sere_wrap_dim(sere_lua_dim(L, 2, "size"), t->ndim, "size", &d) || t->ndim == 0) {
-      if (t->ndim == 0) sere_fail("size: a 0-dim tensor has no dims");
-      return sere_lua_raise(L);
-    }
+    if (t->ndim == 0) return luaL_error(L, "size: a 0-dim tensor has no dims");
+    if (sere_wrap_dim(sere_lua_dim(L, 2, "size"), t->ndim, "size", &d)) return sere_lua_raise(L);
     lua_pushinteger(L, t->shape[d]);
     return 1;
   }
-  lua_createtable(L, t->ndim, 0);
-  for (int i = 0; i < t->ndim; i++) {
-    lua_pushinteger(L, t->shape[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
+  push_int_array(L, t->ndim, t->shape);
   return 1;
 }
 
 static int m_stride(lua_State *L) {
   sere_tensor *t = sere_lua_check(L, 1, "stride");
-  lua_createtable(L, t->ndim, 0);
-  for (int i = 0; i < t->ndim; i++) {
-    lua_pushinteger(L, t->stride[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
+  push_int_array(L, t->ndim, t->stride);
   return 1;
 }
 

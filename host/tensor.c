@@ -213,7 +213,9 @@ int sere_wrap_dim(int dim, int ndim, const char *op, int *out) {
   int n = ndim > 0 ? ndim : 1;
   int d = dim < 0 ? dim + n : dim;
   if (d < 0 || d >= n) {
-    sere_fail("%s: dim %d out of range for a tensor with %d dims", op, dim + 1, ndim);
+    /* report the dim as the Lua caller wrote it: 1-based, or negative */
+    sere_fail("%s: dim %d out of range for a tensor with %d dims (valid: 1 to %d, or -1 to -%d)", op,
+              dim < 0 ? dim : dim + 1, ndim, n, n);
     return -1;
   }
   *out = d;

@@ -58,6 +58,7 @@ sere_tensor *sere_masked_fill(sere_tensor *a, sere_tensor *mask, double v);
 int sere_binary_(sere_binary_op op, sere_tensor *a, sere_tensor *b);
 int sere_binary_scalar_(sere_binary_op op, sere_tensor *a, double s);
 int sere_unary_(sere_unary_op op, sere_tensor *a);
+int sere_clamp_(sere_tensor *a, double lo, double hi);
 int sere_masked_fill_(sere_tensor *a, sere_tensor *mask, double v);
 int sere_fill_(sere_tensor *a, double v);
 /* y += alpha * x, in place, no autograd check (optimizers, grad accumulation). */

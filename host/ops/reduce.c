@@ -1,29 +1,742 @@
-/* reduce.c — reductions over dims (placeholder: only sum_to so far). */
+/* reduce.c — reductions over any set of dims: sum, mean, var/std, p-norms,
+ * sum_to (the reverse of broadcasting, used by every broadcasting backward),
+ * and max/min/argmax/argmin, which are top-1 selections done by ops/topk.c.
+ *
+ * Every reduction reads a contiguous tensor (f32 for float inputs, i64 for
+ * integer sums) through a `plan`: size-1 dims dropped and neighbouring dims
+ * of the same kind (reduced or kept) merged. When the innermost group is
+ * reduced, each output is a tight loop over contiguous rows; when it is
+ * kept, whole rows are added into a vector of accumulators, so [N, C] ->
+ * [C] streams memory. Float sums accumulate in double in 8 independent
+ * lanes, which the compiler vectorises (a single accumulator would not
+ * vectorise without -ffast-math) and which keeps long sums exact to the
+ * last f32 bit (2^25 ones sum to exactly 2^25). Work is cut into tasks
+ * from the shape alone, never from the thread count, so results are
+ * bitwise identical whatever OMP_NUM_THREADS is.
+ *
+ * Backward functions reuse the plan: for y = F(sum_i f(x_i)) the gradient
+ * is g * F'(acc) * f'(x_i), one per-output coefficient times a per-element
+ * derivative. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "ops.h"
 
+#define SHAPE_BUF 160
+#define PARALLEL_MIN 32768   /* elements below which one thread does it all */
+#define MIN_TASKS 64         /* enough tasks to balance any sensible thread count */
+#define TASK_MIN_WORK 16384  /* elements per task when a reduction is split */
+#define COL_CHUNK 1024       /* columns per task when columns are split */
+
+/* ---- plan: the reduction as groups of merged dims -------------------- */
+typedef struct {
+  int nkeep, nred; /* outer kept groups / outer reduced groups */
+  int64_t ksize[SERE_MAX_DIMS], kstride[SERE_MAX_DIMS];
+  int64_t rsize[SERE_MAX_DIMS], rstride[SERE_MAX_DIMS];
+  int inner_reduced; /* innermost group reduced (rows) or kept (columns) */
+  int64_t inner;     /* innermost group length; its stride is 1 */
+  int64_t cols;      /* outputs per block: `inner` when kept, else 1 */
+  int64_t nblocks;   /* outputs / cols */
+  int64_t count;     /* elements reduced into each output */
+} plan;
+
+static void plan_build(plan *p, int ndim, const int64_t *shape, uint32_t mask) {
+  int64_t gsize[SERE_MAX_DIMS], gstride[SERE_MAX_DIMS];
+  int gred[SERE_MAX_DIMS], ng = 0;
+  for (int d = 0; d < ndim; d++) {
+    if (shape[d] == 1) continue;
+    int red = (int)(mask >> d) & 1;
+    if (ng > 0 && gred[ng - 1] == red) {
+      gsize[ng - 1] *= shape[d];
+    } else {
+      gsize[ng] = shape[d];
+      gred[ng++] = red;
+    }
+  }
+  int64_t s = 1;
+  for (int g = ng - 1; g >= 0; g--) { gstride[g] = s; s *= gsize[g]; }
+  memset(p, 0, sizeof *p);
+  p->inner = p->cols = p->nblocks = p->count = 1;
+  if (ng > 0) {
+    p->inner_reduced = gred[ng - 1];
+    p->inner = gsize[ng - 1];
+    if (p->inner_reduced) p->count = p->inner;
+    else p->cols = p->inner;
+  }
+  for (int g = 0; g < ng - 1; g++) {
+    if (gred[g]) {
+      p->rsize[p->nred] = gsize[g];
+      p->rstride[p->nred++] = gstride[g];
+      p->count *= gsize[g];
+    } else {
+      p->ksize[p->nkeep] = gsize[g];
+      p->kstride[p->nkeep++] = gstride[g];
+      p->nblocks *= gsize[g];
+    }
+  }
+}
+
+/* Multi-index over some groups, tracking the element offset it points at. */
+typedef struct {
+  int n;
+  const int64_t *size, *stride;
+  int64_t idx[SERE_MAX_DIMS], off;
+} odometer;
+
+static void odo_start(odometer *o, int n, const int64_t *size, const int64_t *stride, int64_t flat) {
+  o->n = n;
+  o->size = size;
+  o->stride = stride;
+  o->off = 0;
+  for (int d = n - 1; d >= 0; d--) {
+    o->idx[d] = flat % size[d];
+    flat /= size[d];
+    o->off += o->idx[d] * stride[d];
+  }
+}
+
+static void odo_next(odometer *o) {
+  for (int d = o->n - 1; d >= 0; d--) {
+    o->off += o->stride[d];
+    if (++o->idx[d] < o->size[d]) return;
+    o->off -= o->stride[d] * o->size[d];
+    o->idx[d] = 0;
+  }
+}
+
+/* ---- per-element maps and their derivatives --------------------------- */
+typedef enum {
+  MAP_X,      /* x            (sum, mean) */
+  MAP_SQDEV,  /* (x - c)^2    (var, std; c = the mean) */
+  MAP_ABS,    /* |x|          (1-norm) */
+  MAP_SQ,     /* x^2          (2-norm) */
+  MAP_POW,    /* |x|^p        (p-norm) */
+  MAP_MAXABS, /* max |x|      (inf-norm; combined by max, not +) */
+  MAP_EQ      /* |x| == c     (how many elements reach the inf-norm) */
+} map_mode;
+
+static inline double combine(map_mode m, double a, double b) {
+  if (m == MAP_MAXABS) return (a != a || a >= b) ? a : b; /* NaN wins */
+  return a + b;
+}
+
+static inline double sign_of(double x) { return (double)((x > 0) - (x < 0)); }
+
+/* f(x); c points at the output's centre (read by MAP_SQDEV and MAP_EQ only). */
+static inline double map_elem(map_mode m, double x, const double *c, double p) {
+  switch (m) {
+    case MAP_X: return x;
+    case MAP_SQDEV: return (x - *c) * (x - *c);
+    case MAP_ABS: case MAP_MAXABS: return fabs(x);
+    case MAP_SQ: return x * x;
+    case MAP_POW: return pow(fabs(x), p);
+    case MAP_EQ: return fabs(x) == *c;
+  }
+  return 0;
+}
+
+/* f'(x); x is read only by the modes that need it. */
+static inline double dmap_elem(map_mode m, const float *x, const double *c, double p) {
+  switch (m) {
+    case MAP_X: return 1;
+    case MAP_SQDEV: return 2 * (*x - *c);
+    case MAP_ABS: return sign_of(*x);
+    case MAP_SQ: return 2.0 * *x;
+    case MAP_POW: return p * sign_of(*x) * pow(fabs(*x), p - 1);
+    case MAP_MAXABS: return fabs(*x) == *c ? sign_of(*x) : 0;
+    case MAP_EQ: return 0;
+  }
+  return 0;
+}
+
+/* The loop bodies, inlined with a constant mode by the dispatchers below
+ * so that each hot mode gets its own vectorised loop. */
+static inline __attribute__((always_inline)) double row_kernel(map_mode m, const float *x, int64_t n,
+                                                               const double *c, double p) {
+  double lane[8] = {0}, s = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) lane[k] = combine(m, lane[k], map_elem(m, x[i + k], c, p));
+  for (; i < n; i++) s = combine(m, s, map_elem(m, x[i], c, p));
+  for (int k = 0; k < 8; k++) s = combine(m, s, lane[k]);
+  return s;
+}
+
+static inline __attribute__((always_inline)) void col_kernel(map_mode m, const float *x, int64_t n, double *acc,
+                                                             const double *c, double p) {
+  for (int64_t i = 0; i < n; i++) acc[i] = combine(m, acc[i], map_elem(m, x[i], c + i, p));
+}
+
+/* Backward: gx[i] = coef * f'(x[i]) along a row (one output) ... */
+static inline __attribute__((always_inline)) void row_grad_kernel(map_mode m, const float *x, float *gx, int64_t n,
+                                                                  double coef, const double *c, double p) {
+  for (int64_t i = 0; i < n; i++) gx[i] = (float)(coef * dmap_elem(m, x + i, c, p));
+}
+
+/* ... or across a row of outputs. */
+static inline __attribute__((always_inline)) void col_grad_kernel(map_mode m, const float *x, float *gx, int64_t n,
+                                                                  const double *coef, const double *c, double p) {
+  for (int64_t i = 0; i < n; i++) gx[i] = (float)(coef[i] * dmap_elem(m, x + i, c + i, p));
+}
+
+static double row_dispatch(map_mode m, const float *x, int64_t n, const double *c, double p) {
+  switch (m) {
+    case MAP_X: return row_kernel(MAP_X, x, n, c, p);
+    case MAP_SQDEV: return row_kernel(MAP_SQDEV, x, n, c, p);
+    case MAP_SQ: return row_kernel(MAP_SQ, x, n, c, p);
+    default: return row_kernel(m, x, n, c, p);
+  }
+}
+
+static void col_dispatch(map_mode m, const float *x, int64_t n, double *acc, const double *c, double p) {
+  switch (m) {
+    case MAP_X: col_kernel(MAP_X, x, n, acc, c, p); break;
+    case MAP_SQDEV: col_kernel(MAP_SQDEV, x, n, acc, c, p); break;
+    case MAP_SQ: col_kernel(MAP_SQ, x, n, acc, c, p); break;
+    default: col_kernel(m, x, n, acc, c, p);
+  }
+}
+
+static void row_grad_dispatch(map_mode m, const float *x, float *gx, int64_t n, double coef, const double *c,
+                              double p) {
+  switch (m) {
+    case MAP_SQ: row_grad_kernel(MAP_SQ, x, gx, n, coef, c, p); break;
+    case MAP_SQDEV: row_grad_kernel(MAP_SQDEV, x, gx, n, coef, c, p); break;
+    default: row_grad_kernel(m, x, gx, n, coef, c, p);
+  }
+}
+
+static void col_grad_dispatch(map_mode m, const float *x, float *gx, int64_t n, const double *coef,
+                              const double *c, double p) {
+  switch (m) {
+    case MAP_SQ: col_grad_kernel(MAP_SQ, x, gx, n, coef, c, p); break;
+    case MAP_SQDEV: col_grad_kernel(MAP_SQDEV, x, gx, n, coef, c, p); break;
+    default: col_grad_kernel(m, x, gx, n, coef, c, p);
+  }
+}
+
+/* Integer sums wrap around like PyTorch's (unsigned arithmetic: no UB). */
+static int64_t row_sum_i64(const int64_t *x, int64_t n) {
+  uint64_t s = 0;
+  for (int64_t i = 0; i < n; i++) s += (uint64_t)x[i];
+  return (int64_t)s;
+}
+
+static void col_sum_i64(const int64_t *x, int64_t n, int64_t *acc) {
+  for (int64_t i = 0; i < n; i++) acc[i] = (int64_t)((uint64_t)acc[i] + (uint64_t)x[i]);
+}
+
+/* ---- the driver -------------------------------------------------------- */
+typedef struct {
+  plan p;
+  const void *x;        /* contiguous f32, or i64 when is_int */
+  int is_int;           /* exact integer sum into int64 slots */
+  map_mode mode;
+  double pw;            /* p of MAP_POW */
+  const double *center; /* per output (MAP_SQDEV, MAP_EQ, MAP_MAXABS backward) */
+  float *grad;          /* backward: write gx here instead of accumulating */
+  const double *coef;   /* backward: per-output coefficient */
+} reduction;
+
+/* n contiguous elements at `off`, all belonging to output `o`. */
+static void row_segment(const reduction *r, int64_t off, int64_t n, int64_t o, void *acc) {
+  const double *c = r->center ? r->center + o : NULL;
+  if (r->grad) {
+    row_grad_dispatch(r->mode, (const float *)r->x + off, r->grad + off, n, r->coef[o], c, r->pw);
+  } else if (r->is_int) {
+    int64_t *a = acc;
+    a[0] = (int64_t)((uint64_t)a[0] + (uint64_t)row_sum_i64((const int64_t *)r->x + off, n));
+  } else {
+    double *a = acc;
+    a[0] = combine(r->mode, a[0], row_dispatch(r->mode, (const float *)r->x + off, n, c, r->pw));
+  }
+}
+
+/* Columns c0..c1 of one reduced row at `off`, belonging to outputs o + c. */
+static void col_segment(const reduction *r, int64_t off, int64_t c0, int64_t c1, int64_t o, void *acc) {
+  const double *c = r->center ? r->center + o + c0 : NULL;
+  off += c0;
+  if (r->grad) col_grad_dispatch(r->mode, (const float *)r->x + off, r->grad + off, c1 - c0, r->coef + o + c0, c, r->pw);
+  else if (r->is_int) col_sum_i64((const int64_t *)r->x + off, c1 - c0, (int64_t *)acc + c0);
+  else col_dispatch(r->mode, (const float *)r->x + off, c1 - c0, (double *)acc + c0, c, r->pw);
+}
+
+/* One task: blocks b0..b1, reduced elements j0..j1 (in the order of the
+ * reduced dims), columns c0..c1. acc holds `cols` accumulators per block. */
+static void run_task(const reduction *r, int64_t b0, int64_t b1, int64_t j0, int64_t j1, int64_t c0, int64_t c1,
+                     char *acc) {
+  const plan *p = &r->p;
+  if (j0 >= j1 || b0 >= b1) return;
+  odometer kept, red;
+  odo_start(&kept, p->nkeep, p->ksize, p->kstride, b0);
+  for (int64_t b = b0; b < b1; b++, odo_next(&kept)) {
+    int64_t o = b * p->cols;
+    void *a = acc ? acc + (size_t)((b - b0) * p->cols) * 8 : NULL;
+    if (p->inner_reduced) {
+      int64_t len = p->inner;
+      odo_start(&red, p->nred, p->rsize, p->rstride, j0 / len);
+      for (int64_t j = j0; j < j1;) {
+        int64_t ji = j % len, n = len - ji < j1 - j ? len - ji : j1 - j;
+        row_segment(r, kept.off + red.off + ji, n, o, a);
+        j += n;
+        odo_next(&red);
+      }
+    } else {
+      odo_start(&red, p->nred, p->rsize, p->rstride, j0);
+      for (int64_t j = j0; j < j1; j++) {
+        col_segment(r, kept.off + red.off, c0, c1, o, a);
+        odo_next(&red);
+      }
+    }
+  }
+}
+
+/* lo wins when hi < lo. */
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  v = v > hi ? hi : v;
+  return v < lo ? lo : v;
+}
+
+/* Runs the reduction: fills `out` (nblocks * cols slots of 8 bytes, double
+ * or int64) or, in backward mode, r->grad. Many blocks: each task takes a
+ * range of them; few blocks: the columns and then the reduced elements are
+ * split, the latter into per-task partial sums combined in a fixed order.
+ * 0 ok, -1 out of memory. */
+static int reduction_run(const reduction *r, void *out) {
+  const plan *p = &r->p;
+  int64_t nout = p->nblocks * p->cols, work = nout * p->count;
+  int64_t csplit = 1, rsplit = 1, bchunk = 1;
+  if (p->nblocks >= MIN_TASKS) {
+    bchunk = clamp64(TASK_MIN_WORK / (p->cols * p->count + 1), 1, p->nblocks / MIN_TASKS);
+  } else if (work >= PARALLEL_MIN) {
+    if (!p->inner_reduced) csplit = clamp64((MIN_TASKS + p->nblocks - 1) / p->nblocks, 1, p->cols / COL_CHUNK);
+    int64_t tasks = p->nblocks * csplit;
+    rsplit = clamp64((MIN_TASKS + tasks - 1) / tasks, 1, work / tasks / TASK_MIN_WORK);
+    rsplit = clamp64(rsplit, 1, p->count);
+  }
+  if (out) memset(out, 0, (size_t)nout * 8);
+  char *partial = NULL;
+  if (!r->grad && rsplit > 1) {
+    partial = calloc((size_t)(nout * rsplit), 8);
+    if (!partial) { sere_fail("reduction: out of memory for partial sums"); return -1; }
+  }
+  int64_t nb = (p->nblocks + bchunk - 1) / bchunk, ntasks = nb * rsplit * csplit;
+#pragma omp parallel for schedule(static) if (work >= PARALLEL_MIN)
+  for (int64_t t = 0; t < ntasks; t++) {
+    int64_t b = t / (rsplit * csplit) * bchunk, s = t / csplit % rsplit, cs = t % csplit;
+    int64_t b1 = b + bchunk < p->nblocks ? b + bchunk : p->nblocks;
+    char *acc = NULL;
+    if (partial) acc = partial + (size_t)((b * rsplit + s) * p->cols) * 8;
+    else if (out) acc = (char *)out + (size_t)(b * p->cols) * 8;
+    run_task(r, b, b1, p->count * s / rsplit, p->count * (s + 1) / rsplit, p->cols * cs / csplit,
+             p->cols * (cs + 1) / csplit, acc);
+  }
+  if (partial) {
+    for (int64_t b = 0; b < p->nblocks; b++)
+      for (int64_t s = 0; s < rsplit; s++) {
+        const char *src = partial + (size_t)((b * rsplit + s) * p->cols) * 8;
+        if (r->is_int) {
+          col_sum_i64((const int64_t *)src, p->cols, (int64_t *)out + b * p->cols);
+          continue;
+        }
+        double *o = (double *)out + b * p->cols;
+        for (int64_t c = 0; c < p->cols; c++) o[c] = combine(r->mode, o[c], ((const double *)src)[c]);
+      }
+    free(partial);
+  }
+  return 0;
+}
+
+/* Accumulates f(x) of the contiguous f32 tensor x over `mask`; returns the
+ * nout accumulators (malloc'ed) and fills *p. */
+static double *float_accumulate(const sere_tensor *x, uint32_t mask, map_mode mode, double pw, const double *center,
+                                plan *p) {
+  reduction r = {.x = sere_data(x), .mode = mode, .pw = pw, .center = center};
+  plan_build(&r.p, x->ndim, x->shape, mask);
+  *p = r.p;
+  double *out = malloc((size_t)(r.p.nblocks * r.p.cols + 1) * sizeof *out);
+  if (!out) return sere_fail("reduction: out of memory");
+  if (reduction_run(&r, out)) { free(out); return NULL; }
+  return out;
+}
+
+/* ---- argument checks and outputs -------------------------------------- */
+/* Turns a dim list (ndims == 0: all dims) into a bit mask. */
+static int dims_mask(const char *op, const sere_tensor *t, int ndims, const int *dims, uint32_t *mask) {
+  *mask = 0;
+  if (ndims == 0) {
+    *mask = (1u << t->ndim) - 1;
+    return 0;
+  }
+  for (int i = 0; i < ndims; i++) {
+    int d;
+    if (sere_wrap_dim(dims[i], t->ndim, op, &d)) return -1;
+    if (*mask & (1u << d)) {
+      sere_fail("%s: dim %d appears twice in the list of dims", op, d + 1);
+      return -1;
+    }
+    *mask |= 1u << d;
+  }
+  if (t->ndim == 0) *mask = 0;
+  return 0;
+}
+
+static int out_shape(const sere_tensor *t, uint32_t mask, int keepdim, int64_t *shape) {
+  int n = 0;
+  for (int d = 0; d < t->ndim; d++) {
+    if (!(mask >> d & 1)) shape[n++] = t->shape[d];
+    else if (keepdim) shape[n++] = 1;
+  }
+  return n;
+}
+
+static int check_float(const char *op, const sere_tensor *t) {
+  if (sere_dtype_is_float(t->dtype)) return 0;
+  char a[SHAPE_BUF];
+  sere_fail("%s: expects a float tensor, got %s of shape %s; convert it first with :float()", op,
+            sere_dtype_name(t->dtype), sere_shape_str(t, a, sizeof a));
+  return -1;
+}
+
+/* A new tensor of dtype d holding the values v (one per element). */
+static sere_tensor *tensor_from_doubles(const double *v, int ndim, const int64_t *shape, sere_dtype d) {
+  sere_tensor *out = sere_tensor_new_uninit(d, ndim, shape);
+  if (!out) return NULL;
+  int64_t n = sere_numel(out);
+  if (d == SERE_F32) {
+    float *o = out->storage->data;
+    for (int64_t i = 0; i < n; i++) o[i] = (float)v[i];
+  } else {
+    for (int64_t i = 0; i < n; i++) sere_store_linear(out->storage->data, d, i, v[i]);
+  }
+  return out;
+}
+
+/* ---- sum, mean, var, std, norm ---------------------------------------- */
+typedef enum { RED_SUM, RED_MEAN, RED_VAR, RED_STD, RED_NORM } red_kind;
+static const char *const red_names[] = {"sum", "mean", "var", "std", "norm"};
+
+static map_mode norm_mode(double p) {
+  return p == 1 ? MAP_ABS : p == 2 ? MAP_SQ : isinf(p) ? MAP_MAXABS : MAP_POW;
+}
+
+/* Forward values of a float reduction: acc finalised in place. x is
+ * contiguous f32. Returns the malloc'ed values or NULL. */
+static double *reduce_values(const sere_tensor *x, uint32_t mask, red_kind kind, double p, int correction, plan *pl) {
+  map_mode mode = kind == RED_NORM ? norm_mode(p) : MAP_X;
+  double *v = float_accumulate(x, mask, mode, p, NULL, pl);
+  if (!v) return NULL;
+  int64_t nout = pl->nblocks * pl->cols;
+  double n = (double)pl->count;
+  if (kind == RED_MEAN || kind == RED_VAR || kind == RED_STD)
+    for (int64_t i = 0; i < nout; i++) v[i] /= n;
+  if (kind == RED_VAR || kind == RED_STD) {
+    double *ss = float_accumulate(x, mask, MAP_SQDEV, 0, v, pl);
+    if (!ss) { free(v); return NULL; }
+    double div = n - correction > 0 ? n - correction : 0;
+    for (int64_t i = 0; i < nout; i++) v[i] = kind == RED_STD ? sqrt(ss[i] / div) : ss[i] / div;
+    free(ss);
+  }
+  if (mode == MAP_SQ) for (int64_t i = 0; i < nout; i++) v[i] = sqrt(v[i]);
+  if (mode == MAP_POW) for (int64_t i = 0; i < nout; i++) v[i] = pow(v[i], 1 / p);
+  return v;
+}
+
+/* The output gradient g broadcast back over the reduced dims (a view). */
+static sere_tensor *expand_grad(sere_tensor *g, const sere_edge *e, uint32_t mask) {
+  int64_t keep[SERE_MAX_DIMS];
+  for (int d = 0; d < e->ndim; d++) keep[d] = mask >> d & 1 ? 1 : e->shape[d];
+  sere_tensor *k = sere_reshape(g, e->ndim, keep);
+  if (!k) return NULL;
+  sere_tensor *out = sere_expand(k, e->ndim, e->shape);
+  sere_tensor_release(k);
+  return out;
+}
+
+/* Gradient in the input's dtype (computed in f32). Steals gx. */
+static int finish_grad(sere_tensor *gx, const sere_edge *e, sere_tensor **gi) {
+  if (!gx) return -1;
+  *gi = sere_as_contiguous_dtype(gx, e->dtype);
+  sere_tensor_release(gx);
+  return *gi ? 0 : -1;
+}
+
+/* Per-output coefficient g * F'(acc) of the backward pass (see the top of
+ * the file); x is the contiguous f32 input, yv the forward output. */
+static double *grad_coefs(const sere_node *n, const sere_tensor *x, const float *gv, const float *yv, const plan *pl,
+                          map_mode mode, double **center) {
+  red_kind kind = (red_kind)n->ints[1];
+  uint32_t mask = (uint32_t)n->ints[0];
+  double p = n->scalars[0], cnt = (double)pl->count;
+  double div = cnt - (double)n->ints[2] > 0 ? cnt - (double)n->ints[2] : 0;
+  int64_t nout = pl->nblocks * pl->cols;
+  plan unused;
+  double *coef = malloc((size_t)(nout + 1) * sizeof *coef), *ties = NULL;
+  *center = NULL;
+  if (!coef) return sere_fail("%s backward: out of memory", n->name);
+  if (mode == MAP_SQDEV) { /* centre: the mean */
+    if (!(*center = float_accumulate(x, mask, MAP_X, 0, NULL, &unused))) goto fail;
+    for (int64_t i = 0; i < nout; i++) (*center)[i] /= cnt;
+  } else if (mode == MAP_MAXABS) { /* centre: the norm; ties share the gradient */
+    if (!(*center = malloc((size_t)(nout + 1) * sizeof **center))) goto fail;
+    for (int64_t i = 0; i < nout; i++) (*center)[i] = yv[i];
+    if (!(ties = float_accumulate(x, mask, MAP_EQ, 0, *center, &unused))) goto fail;
+  }
+  for (int64_t i = 0; i < nout; i++) {
+    double c = gv[i];
+    switch (mode) {
+      case MAP_SQDEV: c = kind == RED_VAR ? c / div : c / (2 * div * yv[i]); break;
+      case MAP_SQ: c = yv[i] != 0 ? c / (2 * yv[i]) : 0; break;
+      case MAP_POW: c = yv[i] != 0 ? c * pow(yv[i], 1 - p) / p : 0; break;
+      case MAP_MAXABS: c = ties[i] > 0 ? c / ties[i] : 0; break;
+      default: break;
+    }
+    coef[i] = c;
+  }
+  free(ties);
+  return coef;
+fail:
+  free(coef);
+  free(ties);
+  free(*center);
+  *center = NULL;
+  return NULL;
+}
+
+/* mean: g / count broadcast over the reduced dims. */
+static int mean_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  const sere_edge *e = &n->edges[0];
+  plan pl;
+  plan_build(&pl, e->ndim, e->shape, (uint32_t)n->ints[0]);
+  sere_tensor *ex = expand_grad(g, e, (uint32_t)n->ints[0]);
+  sere_tensor *gx = ex ? sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape) : NULL;
+  if (gx && sere_copy_raw(gx, ex)) { sere_tensor_release(gx); gx = NULL; }
+  sere_tensor_release(ex);
+  if (!gx) return -1;
+  float *v = gx->storage->data, scale = 1.0f / (float)pl.count;
+  int64_t total = sere_numel(gx);
+  for (int64_t i = 0; i < total; i++) v[i] *= scale;
+  return finish_grad(gx, e, &gi[0]);
+}
+
+/* ints: mask, kind, correction; scalars: p. saved: input, output. */
+static int reduce_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  const sere_edge *e = &n->edges[0];
+  uint32_t mask = (uint32_t)n->ints[0];
+  red_kind kind = (red_kind)n->ints[1];
+  if (kind == RED_SUM) {
+    gi[0] = expand_grad(g, e, mask);
+    return gi[0] ? 0 : -1;
+  }
+  if (kind == RED_MEAN) return mean_backward(n, g, gi);
+  sere_tensor *in = sere_node_saved(n, 0), *y = sere_node_saved(n, 1);
+  if (!in || !y) return -1;
+  reduction r = {.mode = kind == RED_NORM ? norm_mode(n->scalars[0]) : MAP_SQDEV, .pw = n->scalars[0]};
+  plan_build(&r.p, e->ndim, e->shape, mask);
+  sere_tensor *x = sere_as_contiguous_dtype(in, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
+  sere_tensor *yf = sere_as_contiguous_dtype(y, SERE_F32);
+  sere_tensor *gx = sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape); /* every element is written */
+  double *coef = NULL, *center = NULL;
+  int rc = -1;
+  if (x && gf && yf && gx && (coef = grad_coefs(n, x, sere_data(gf), sere_data(yf), &r.p, r.mode, &center))) {
+    r.x = sere_data(x);
+    r.grad = sere_data(gx);
+    r.coef = coef;
+    r.center = center;
+    if (!reduction_run(&r, NULL)) {
+      rc = finish_grad(gx, e, &gi[0]);
+      gx = NULL;
+    }
+  }
+  free(coef);
+  free(center);
+  sere_tensor_release(gx);
+  sere_tensor_release(gf);
+  sere_tensor_release(yf);
+  sere_tensor_release(x);
+  return rc;
+}
+
+static sere_tensor *float_reduction(red_kind kind, sere_tensor *t, int ndims, const int *dims, int keepdim,
+                                    double p, int correction) {
+  const char *op = red_names[kind];
+  uint32_t mask;
+  if (check_float(op, t) || dims_mask(op, t, ndims, dims, &mask)) return NULL;
+  if (kind == RED_NORM && !(p > 0)) return sere_fail("norm: p must be > 0 (or inf), got %g", p);
+  if ((kind == RED_VAR || kind == RED_STD) && correction < 0)
+    return sere_fail("%s: correction must be >= 0, got %d", op, correction);
+  int64_t shape[SERE_MAX_DIMS];
+  int nd = out_shape(t, mask, keepdim, shape);
+  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
+  if (!x) return NULL;
+  plan pl;
+  double *v = reduce_values(x, mask, kind, p, correction, &pl);
+  sere_tensor_release(x);
+  if (!v) return NULL;
+  sere_tensor *out = tensor_from_doubles(v, nd, shape, t->dtype);
+  free(v);
+  if (!out || !sere_needs_grad(1, &t)) return out;
+  sere_node *n = sere_node_new(op, reduce_backward, 1, &t);
+  if (!n) { sere_tensor_release(out); return NULL; }
+  n->ints[0] = mask;
+  n->ints[1] = kind;
+  n->ints[2] = correction;
+  n->scalars[0] = p;
+  /* The output is saved as a detached alias: saving `out` itself would make
+   * a reference cycle out -> node -> out. */
+  sere_tensor *alias = kind != RED_SUM && kind != RED_MEAN ? sere_detach(out) : NULL;
+  if (kind != RED_SUM && kind != RED_MEAN) {
+    if (!alias) { sere_node_release(n); sere_tensor_release(out); return NULL; }
+    sere_node_save(n, 0, t);
+    sere_node_save(n, 1, alias);
+    sere_tensor_release(alias);
+  }
+  sere_attach(out, n);
+  return out;
+}
+
+/* Exact integer sum: bool counts trues, everything returns i64. */
+static sere_tensor *int_sum(sere_tensor *t, uint32_t mask, int keepdim) {
+  int64_t shape[SERE_MAX_DIMS];
+  int nd = out_shape(t, mask, keepdim, shape);
+  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_I64);
+  sere_tensor *out = sere_tensor_new_uninit(SERE_I64, nd, shape);
+  if (!x || !out) goto fail;
+  reduction r = {.x = sere_data(x), .is_int = 1};
+  plan_build(&r.p, x->ndim, x->shape, mask);
+  if (reduction_run(&r, out->storage->data)) goto fail;
+  sere_tensor_release(x);
+  return out;
+fail:
+  sere_tensor_release(x);
+  sere_tensor_release(out);
+  return NULL;
+}
+
+sere_tensor *sere_sum(sere_tensor *t, int ndims, const int *dims, int keepdim) {
+  if (sere_dtype_is_float(t->dtype)) return float_reduction(RED_SUM, t, ndims, dims, keepdim, 0, 0);
+  uint32_t mask;
+  if (dims_mask("sum", t, ndims, dims, &mask)) return NULL;
+  return int_sum(t, mask, keepdim);
+}
+
+sere_tensor *sere_mean(sere_tensor *t, int ndims, const int *dims, int keepdim) {
+  return float_reduction(RED_MEAN, t, ndims, dims, keepdim, 0, 0);
+}
+
+sere_tensor *sere_var(sere_tensor *t, int ndims, const int *dims, int correction, int keepdim) {
+  return float_reduction(RED_VAR, t, ndims, dims, keepdim, 0, correction);
+}
+
+sere_tensor *sere_std(sere_tensor *t, int ndims, const int *dims, int correction, int keepdim) {
+  return float_reduction(RED_STD, t, ndims, dims, keepdim, 0, correction);
+}
+
+sere_tensor *sere_norm(sere_tensor *t, double p, int ndims, const int *dims, int keepdim) {
+  return float_reduction(RED_NORM, t, ndims, dims, keepdim, p, 0);
+}
+
 /* Sums t down to `shape` (the reverse of broadcasting): dims that t has in
- * front are summed away, dims where shape has 1 are summed with keepdim. */
+ * front are summed away, dims where shape has 1 are summed with keepdim.
+ * Always returns a new contiguous tensor (t's float dtype, else f32), so a
+ * backward function may write into it. No autograd is recorded. */
 sere_tensor *sere_sum_to(sere_tensor *t, int ndim, const int64_t *shape) {
   int lead = t->ndim - ndim;
-  char a[128], b[128];
+  char a[SHAPE_BUF], b[SHAPE_BUF];
   if (lead < 0) goto bad;
-  for (int i = 0; i < ndim; i++)
+  uint32_t mask = (1u << lead) - 1;
+  for (int i = 0; i < ndim; i++) {
     if (shape[i] != t->shape[lead + i] && shape[i] != 1) goto bad;
+    if (shape[i] == 1 && t->shape[lead + i] != 1) mask |= 1u << (lead + i);
+  }
   sere_dtype d = sere_dtype_is_float(t->dtype) ? t->dtype : SERE_F32;
-  sere_tensor *acc = sere_tensor_new(SERE_F32, ndim, shape);
-  if (!acc) return NULL;
-  float *out = acc->storage->data;
-  int64_t index[SERE_MAX_DIMS] = {0};
-  if (sere_numel(t) > 0) do {
-    int64_t o = 0;
-    for (int i = 0; i < ndim; i++) o += (shape[i] == 1 ? 0 : index[lead + i]) * acc->stride[i];
-    out[o] += (float)sere_get_elem(t, index);
-  } while (sere_index_next(t->ndim, t->shape, index));
-  if (d == SERE_F32) return acc;
-  sere_tensor *r = sere_as_contiguous_dtype(acc, d);
-  sere_tensor_release(acc);
-  return r;
+  if (mask == 0) {
+    sere_tensor *out = sere_tensor_new_uninit(d, ndim, shape);
+    if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
+    return out;
+  }
+  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
+  if (!x) return NULL;
+  plan pl;
+  double *v = float_accumulate(x, mask, MAP_X, 0, NULL, &pl);
+  sere_tensor_release(x);
+  if (!v) return NULL;
+  sere_tensor *out = tensor_from_doubles(v, ndim, shape, d);
+  free(v);
+  return out;
 bad:
   return sere_fail("sum_to: cannot sum shape %s down to %s", sere_shape_str(t, a, sizeof a),
                    sere_shape_str_raw(ndim, shape, b, sizeof b));
+}
+
+/* ---- max, min, argmax, argmin: top-1 selections ------------------------ */
+static int select_one(const char *op, sere_tensor *t, int dim, int keepdim, int largest, int64_t base,
+                      sere_tensor **values, sere_tensor **indices) {
+  char a[SHAPE_BUF];
+  *values = *indices = NULL;
+  sere_tensor *src = NULL, *v = NULL, *ix = NULL;
+  int d = 0;
+  int64_t shape[SERE_MAX_DIMS];
+  int nd;
+  if (dim == SERE_ALL_DIMS) {
+    if (sere_numel(t) == 0) {
+      sere_fail("%s: cannot reduce an empty tensor (shape %s)", op, sere_shape_str(t, a, sizeof a));
+      return -1;
+    }
+    src = sere_reshape(t, 1, (int64_t[]){-1});
+    nd = keepdim ? t->ndim : 0;
+    for (int i = 0; i < nd; i++) shape[i] = 1;
+  } else {
+    if (sere_wrap_dim(dim, t->ndim, op, &d)) return -1;
+    if (t->ndim > 0 && t->shape[d] == 0) {
+      sere_fail("%s: cannot reduce dim %d of size 0 (shape %s)", op, d + 1, sere_shape_str(t, a, sizeof a));
+      return -1;
+    }
+    src = sere_tensor_retain(t);
+    nd = out_shape(t, 1u << d, keepdim, shape);
+  }
+  if (!src || sere_topk(src, 1, d, largest, 1, base, &v, &ix)) goto fail;
+  *values = sere_reshape(v, nd, shape);
+  *indices = sere_reshape(ix, nd, shape);
+  if (!*values || !*indices) goto fail;
+  sere_tensor_release(src);
+  sere_tensor_release(v);
+  sere_tensor_release(ix);
+  return 0;
+fail:
+  sere_tensor_release(*values);
+  sere_tensor_release(*indices);
+  *values = *indices = NULL;
+  sere_tensor_release(src);
+  sere_tensor_release(v);
+  sere_tensor_release(ix);
+  return -1;
+}
+
+int sere_max_dim(sere_tensor *t, int dim, int keepdim, int64_t base, sere_tensor **values, sere_tensor **indices) {
+  return select_one("max", t, dim, keepdim, 1, base, values, indices);
+}
+
+int sere_min_dim(sere_tensor *t, int dim, int keepdim, int64_t base, sere_tensor **values, sere_tensor **indices) {
+  return select_one("min", t, dim, keepdim, 0, base, values, indices);
+}
+
+/* Indices only: the selection runs without recording a gradient. */
+static sere_tensor *arg_select(const char *op, sere_tensor *t, int dim, int keepdim, int largest, int64_t base) {
+  sere_tensor *v, *ix;
+  int prev = sere_set_grad_enabled(0);
+  int rc = select_one(op, t, dim, keepdim, largest, base, &v, &ix);
+  sere_set_grad_enabled(prev);
+  if (rc) return NULL;
+  sere_tensor_release(v);
+  return ix;
+}
+
+sere_tensor *sere_argmax(sere_tensor *t, int dim, int keepdim, int64_t base) {
+  return arg_select("argmax", t, dim, keepdim, 1, base);
+}
+
+sere_tensor *sere_argmin(sere_tensor *t, int dim, int keepdim, int64_t base) {
+  return arg_select("argmin", t, dim, keepdim, 0, base);
 }

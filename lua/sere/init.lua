@@ -5,24 +5,21 @@ local core = require "sere.core"
 local sere = {}
 for k, v in pairs(core) do sere[k] = v end
 
---- Runs fn(...) with gradient recording off; restores the previous mode even
---- if fn raises an error. Returns fn's results.
-function sere.no_grad(fn, ...)
-  local prev = core.set_grad_enabled(false)
+-- Runs fn(...) with grad mode set to `on`, restoring the previous mode even
+-- if fn raises an error; returns fn's results.
+local function with_grad_mode(on, fn, ...)
+  local prev = core.set_grad_enabled(on)
   local res = table.pack(pcall(fn, ...))
   core.set_grad_enabled(prev)
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
 
---- Same, with recording on (inside a no_grad region).
-function sere.enable_grad(fn, ...)
-  local prev = core.set_grad_enabled(true)
-  local res = table.pack(pcall(fn, ...))
-  core.set_grad_enabled(prev)
-  if not res[1] then error(res[2], 0) end
-  return table.unpack(res, 2, res.n)
-end
+--- sere.no_grad(fn, ...): runs fn without recording gradients.
+function sere.no_grad(fn, ...) return with_grad_mode(false, fn, ...) end
+
+--- sere.enable_grad(fn, ...): runs fn recording gradients (inside a no_grad region).
+function sere.enable_grad(fn, ...) return with_grad_mode(true, fn, ...) end
 
 sere.testing = require "sere.testing"
 

@@ -1,0 +1,292 @@
+/* elementwise_unary.c — unary element-wise functions (neg, exp, log, tanh,
+ * sigmoid, round, logical_not, ...) and clamp, their in-place versions and
+ * backward functions, run by the driver of elementwise.c (elementwise.h).
+ *
+ * Ops that keep integers (neg, abs, sign, square, floor, ceil, round, and
+ * clamp with whole bounds) compute exactly in i64; the others turn integer
+ * tensors into f32. A gradient that needs the op's output (exp, tanh,
+ * sigmoid, ...) saves a detached view of it: the view shares the storage,
+ * so in-place changes are still detected, but not the node, so the output
+ * and its node do not own each other. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "elementwise.h"
+
+#define OP_CLAMP 100 /* kernel op code: clamp to [f0, f1] (integers: [i0, i1]) */
+
+static const char *const unary_names[] = {
+    "neg",     "exp",        "log",    "sqrt",  "rsqrt", "abs",   "sign",  "sin",   "cos",   "tanh",
+    "sigmoid", "reciprocal", "square", "floor", "ceil",  "round", "log1p", "expm1", "erf",   "logical_not"};
+
+/* What the gradient of each op reads. */
+enum { GRAD_NONE, GRAD_NEG, GRAD_ZERO, GRAD_INPUT, GRAD_OUTPUT };
+static const unsigned char grad_kind[] = {
+    [SERE_NEG] = GRAD_NEG,        [SERE_EXP] = GRAD_OUTPUT,     [SERE_LOG] = GRAD_INPUT,
+    [SERE_SQRT] = GRAD_OUTPUT,    [SERE_RSQRT] = GRAD_OUTPUT,   [SERE_ABS] = GRAD_INPUT,
+    [SERE_SIGN] = GRAD_ZERO,      [SERE_SIN] = GRAD_INPUT,      [SERE_COS] = GRAD_INPUT,
+    [SERE_TANH] = GRAD_OUTPUT,    [SERE_SIGMOID] = GRAD_OUTPUT, [SERE_RECIPROCAL] = GRAD_OUTPUT,
+    [SERE_SQUARE] = GRAD_INPUT,   [SERE_FLOOR] = GRAD_ZERO,     [SERE_CEIL] = GRAD_ZERO,
+    [SERE_ROUND] = GRAD_ZERO,     [SERE_LOG1P] = GRAD_INPUT,    [SERE_EXPM1] = GRAD_OUTPUT,
+    [SERE_ERF] = GRAD_INPUT,      [SERE_LOGICAL_NOT] = GRAD_NONE};
+
+static int kind_of(int op) { return op == OP_CLAMP ? GRAD_INPUT : grad_kind[op]; }
+
+/* ---- kernels (every input has stride 1) ------------------------------- */
+#define MAP1(T, expr)                                                                        \
+  do {                                                                                       \
+    const T *xs = in[0];                                                                     \
+    for (int64_t i = 0; i < n; i++) { const T x = xs[i]; o[i] = (expr); }                   \
+  } while (0)
+
+#define ZIP2(T, expr)                                                                        \
+  do {                                                                                       \
+    const T *xs = in[0], *ys = in[1];                                                        \
+    for (int64_t i = 0; i < n; i++) { const T x = xs[i], y = ys[i]; o[i] = (expr); }         \
+  } while (0)
+
+/* e^x for x in [-86.9, 88.72] (elsewhere garbage, see exp_row), in a form
+ * the compiler vectorises, unlike a call to libm's expf per element:
+ * x = n ln2 + r with |r| <= ln2 / 2 (n by the 1.5 * 2^23 rounding trick,
+ * ln2 split into a part that n multiplies exactly and a correction), e^r
+ * from its Taylor series to degree 7 (truncation error < 3e-9), and 2^n
+ * written into the exponent bits. Within 2 ulp of the true value. */
+static inline float exp_core(float x) {
+  float nb = x * 1.44269504f + 12582912.0f;
+  float n = nb - 12582912.0f;
+  float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+  float p = 1.0f / 720 + r * (1.0f / 5040);
+  p = 1.0f / 24 + r * (1.0f / 120 + r * p);
+  p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * p)));
+  uint32_t bits;
+  memcpy(&bits, &nb, sizeof bits); /* n + 0x4B400000 */
+  bits = (bits - 0x4B400000u + 126u) << 23;
+  float scale; /* 2^(n - 1), so that n = 128 stays finite */
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale * 2.0f;
+}
+
+/* o = e^x (or sigmoid(x) = 1 / (1 + e^-x)) over a row, in blocks: one
+ * pass of exp_core, then one that saturates x outside its range (to 0
+ * below, where e^x < 2e-38, and to inf above) and finishes. The passes are
+ * separate because GCC, under the default -ftrapping-math, vectorises no
+ * loop where the polynomial sits behind a select. NaN stays NaN. */
+static void exp_row(float *o, const float *x, int64_t n, int sigmoid) {
+  const float s = sigmoid ? -1.0f : 1.0f;
+  float e[1024];
+  for (int64_t j = 0; j < n; j += 1024) {
+    int64_t m = n - j < 1024 ? n - j : 1024;
+    const float *xs = x + j;
+    float *os = o + j;
+    for (int64_t i = 0; i < m; i++) e[i] = exp_core(s * xs[i]);
+    for (int64_t i = 0; i < m; i++) {
+      float v = s * xs[i];
+      e[i] = v < -86.9f ? 0.0f : v > 88.72283f ? INFINITY : e[i];
+    }
+    if (sigmoid)
+      for (int64_t i = 0; i < m; i++) os[i] = 1.0f / (1.0f + e[i]);
+    else
+      for (int64_t i = 0; i < m; i++) os[i] = e[i];
+  }
+}
+
+/* min(max(x, lo), hi) as PyTorch: NaN stays NaN, and lo > hi gives hi. */
+static inline float clampf(float x, float lo, float hi) {
+  float t = x < lo ? lo : x;
+  return t > hi ? hi : t;
+}
+
+static inline int64_t clampi(int64_t x, int64_t lo, int64_t hi) {
+  int64_t t = x < lo ? lo : x;
+  return t > hi ? hi : t;
+}
+
+static void k_unary_f32(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n) {
+  float *o = out;
+  const float lo = p->f0, hi = p->f1;
+  switch (p->op) {
+    case SERE_NEG: MAP1(float, -x); break;
+    case SERE_EXP: exp_row(o, in[0], n, 0); break;
+    case SERE_LOG: MAP1(float, logf(x)); break;
+    case SERE_SQRT: MAP1(float, sqrtf(x)); break;
+    case SERE_RSQRT: MAP1(float, 1.0f / sqrtf(x)); break;
+    case SERE_ABS: MAP1(float, fabsf(x)); break;
+    case SERE_SIGN: MAP1(float, (float)((x > 0) - (x < 0))); break;
+    case SERE_SIN: MAP1(float, sinf(x)); break;
+    case SERE_COS: MAP1(float, cosf(x)); break;
+    case SERE_TANH: MAP1(float, tanhf(x)); break;
+    case SERE_SIGMOID: exp_row(o, in[0], n, 1); break;
+    case SERE_RECIPROCAL: MAP1(float, 1.0f / x); break;
+    case SERE_SQUARE: MAP1(float, x * x); break;
+    case SERE_FLOOR: MAP1(float, floorf(x)); break;
+    case SERE_CEIL: MAP1(float, ceilf(x)); break;
+    case SERE_ROUND: MAP1(float, nearbyintf(x)); break; /* half to even: the default rounding mode */
+    case SERE_LOG1P: MAP1(float, log1pf(x)); break;
+    case SERE_EXPM1: MAP1(float, expm1f(x)); break;
+    case SERE_ERF: MAP1(float, erff(x)); break;
+    case OP_CLAMP: MAP1(float, clampf(x, lo, hi)); break;
+  }
+}
+
+/* Negation wraps around through uint64_t like the binary integer ops. */
+static void k_unary_i64(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n) {
+  int64_t *o = out;
+  const int64_t lo = p->i0, hi = p->i1;
+  switch (p->op) {
+    case SERE_NEG: MAP1(int64_t, (int64_t)(0 - (uint64_t)x)); break;
+    case SERE_ABS: MAP1(int64_t, x < 0 ? (int64_t)(0 - (uint64_t)x) : x); break;
+    case SERE_SIGN: MAP1(int64_t, (x > 0) - (x < 0)); break;
+    case SERE_SQUARE: MAP1(int64_t, (int64_t)((uint64_t)x * (uint64_t)x)); break;
+    case OP_CLAMP: MAP1(int64_t, clampi(x, lo, hi)); break;
+    default: MAP1(int64_t, x); break; /* floor, ceil, round of an integer */
+  }
+}
+
+static void k_logical_not(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n) {
+  uint8_t *o = out;
+  MAP1(uint8_t, !x);
+}
+
+/* Gradients: x is the output gradient, y the saved input or output. */
+static void k_unary_grad(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n) {
+  float *o = out;
+  const float lo = p->f0, hi = p->f1;
+  switch (p->op) {
+    case SERE_EXP: ZIP2(float, x * y); break;
+    case SERE_LOG: ZIP2(float, x / y); break;
+    case SERE_SQRT: ZIP2(float, 0.5f * x / y); break;
+    case SERE_RSQRT: ZIP2(float, -0.5f * x * y * y * y); break;
+    case SERE_ABS: ZIP2(float, y > 0 ? x : y < 0 ? -x : 0.0f); break;
+    case SERE_SIN: ZIP2(float, x * cosf(y)); break;
+    case SERE_COS: ZIP2(float, -x * sinf(y)); break;
+    case SERE_TANH: ZIP2(float, x * (1.0f - y * y)); break;
+    case SERE_SIGMOID: ZIP2(float, x * y * (1.0f - y)); break;
+    case SERE_RECIPROCAL: ZIP2(float, -x * y * y); break;
+    case SERE_SQUARE: ZIP2(float, 2.0f * x * y); break;
+    case SERE_LOG1P: ZIP2(float, x / (1.0f + y)); break;
+    case SERE_EXPM1: ZIP2(float, x * (y + 1.0f)); break;
+    case SERE_ERF: ZIP2(float, 1.12837917f * x * expf(-y * y)); break; /* 2 / sqrt(pi) */
+    case OP_CLAMP: ZIP2(float, y >= lo && y <= hi ? x : 0.0f); break;
+  }
+}
+
+/* ---- dtypes and plans ------------------------------------------------- */
+static sere_dtype unary_result_type(int op, sere_dtype d) {
+  if (op == SERE_LOGICAL_NOT) return SERE_BOOL;
+  int keeps_integers = op == SERE_NEG || op == SERE_ABS || op == SERE_SIGN || op == SERE_SQUARE ||
+                       op == SERE_FLOOR || op == SERE_CEIL || op == SERE_ROUND;
+  return sere_dtype_is_float(d) || keeps_integers ? d : SERE_F32;
+}
+
+static sere_ew_plan unary_plan(int op, sere_dtype rt) {
+  if (op == SERE_LOGICAL_NOT)
+    return (sere_ew_plan){.fn = k_logical_not, .op = op, .nin = 1, .ct = {SERE_BOOL, SERE_BOOL}};
+  sere_dtype ct = sere_ew_compute_dtype(rt);
+  return (sere_ew_plan){.fn = ct == SERE_F32 ? k_unary_f32 : k_unary_i64, .op = op, .nin = 1, .ct = {ct, ct}};
+}
+
+static int check_unary(sere_unary_op op, const sere_tensor *a) {
+  if ((unsigned)op > SERE_LOGICAL_NOT) {
+    sere_fail("unary: unknown op %d", (int)op);
+    return -1;
+  }
+  if (op == SERE_NEG && a->dtype == SERE_BOOL) {
+    sere_fail("neg: negating a bool tensor is not supported; use logical_not");
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- autograd --------------------------------------------------------- */
+static int unary_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  int op = (int)n->ints[0], kind = kind_of(op);
+  const sere_edge *e = &n->edges[0];
+  if (kind == GRAD_ZERO) {
+    gi[0] = sere_tensor_new(e->dtype, e->ndim, e->shape);
+  } else if (kind == GRAD_NEG) {
+    sere_ew_plan p = unary_plan(SERE_NEG, SERE_F32);
+    gi[0] = sere_ew_input_grad(n, 0, &p, g, &g);
+  } else {
+    sere_tensor *saved = sere_node_saved(n, 0);
+    if (!saved) return -1;
+    sere_ew_plan p = {.fn = k_unary_grad, .op = op, .nin = 2, .ct = {SERE_F32, SERE_F32, SERE_F32},
+                      .f0 = (float)n->scalars[0], .f1 = (float)n->scalars[1]};
+    gi[0] = sere_ew_input_grad(n, 0, &p, g, (sere_tensor *[]){g, saved});
+  }
+  return gi[0] ? 0 : -1;
+}
+
+/* Records the node of unary op `op` (or clamp, with its bounds) on out. */
+static sere_tensor *record(sere_tensor *out, sere_tensor *a, int op, const char *name, float lo, float hi) {
+  if (!out || !sere_ew_wants_grad(out, 1, &a)) return out;
+  int kind = kind_of(op), saves = kind == GRAD_INPUT || kind == GRAD_OUTPUT;
+  sere_node *n = sere_ew_attach(out, name, unary_backward, op, 1, &a);
+  sere_tensor *saved = !n || !saves ? NULL : kind == GRAD_INPUT ? sere_tensor_retain(a) : sere_detach(out);
+  int failed = !n || (saves && (!saved || sere_node_save(n, 0, saved)));
+  sere_tensor_release(saved);
+  if (failed) {
+    sere_tensor_release(out);
+    return NULL;
+  }
+  n->scalars[0] = lo;
+  n->scalars[1] = hi;
+  return out;
+}
+
+/* ---- unary ops -------------------------------------------------------- */
+sere_tensor *sere_unary(sere_unary_op op, sere_tensor *a) {
+  if (check_unary(op, a)) return NULL;
+  sere_dtype rt = unary_result_type(op, a->dtype);
+  sere_ew_plan p = unary_plan(op, rt);
+  return record(sere_ew_new(&p, rt, a->ndim, a->shape, &a), a, op, unary_names[op], 0, 0);
+}
+
+int sere_unary_(sere_unary_op op, sere_tensor *a) {
+  if (check_unary(op, a)) return -1;
+  char name[32];
+  snprintf(name, sizeof name, "%s_", unary_names[op]);
+  sere_dtype rt = unary_result_type(op, a->dtype);
+  if (sere_ew_inplace_check(name, a, rt, 1)) return -1;
+  sere_ew_plan p = unary_plan(op, rt);
+  sere_ew_run(&p, a, &a);
+  sere_bump_version(a);
+  return 0;
+}
+
+/* ---- clamp ------------------------------------------------------------ */
+/* Result dtype and plan of clamp: an integer tensor stays integer unless a
+ * bound is fractional; a NAN bound is no bound. */
+static int clamp_setup(const char *name, const sere_tensor *a, double lo, double hi, sere_dtype *rt,
+                       sere_ew_plan *p) {
+  if (a->dtype == SERE_BOOL) {
+    sere_fail("%s: not supported for bool tensors", name);
+    return -1;
+  }
+  int whole = (isnan(lo) || sere_ew_is_integral(lo)) && (isnan(hi) || sere_ew_is_integral(hi));
+  *rt = sere_dtype_is_float(a->dtype) || whole ? a->dtype : SERE_F32;
+  *p = unary_plan(OP_CLAMP, *rt);
+  p->f0 = isnan(lo) ? -INFINITY : (float)lo;
+  p->f1 = isnan(hi) ? INFINITY : (float)hi;
+  if (p->ct[0] == SERE_I64) {
+    p->i0 = isnan(lo) ? INT64_MIN : (int64_t)lo;
+    p->i1 = isnan(hi) ? INT64_MAX : (int64_t)hi;
+  }
+  return 0;
+}
+
+sere_tensor *sere_clamp(sere_tensor *a, double lo, double hi) {
+  sere_dtype rt;
+  sere_ew_plan p;
+  if (clamp_setup("clamp", a, lo, hi, &rt, &p)) return NULL;
+  return record(sere_ew_new(&p, rt, a->ndim, a->shape, &a), a, OP_CLAMP, "clamp", p.f0, p.f1);
+}
+
+int sere_clamp_(sere_tensor *a, double lo, double hi) {
+  sere_dtype rt;
+  sere_ew_plan p;
+  if (clamp_setup("clamp_", a, lo, hi, &rt, &p) || sere_ew_inplace_check("clamp_", a, rt, 1)) return -1;
+  sere_ew_run(&p, a, &a);
+  sere_bump_version(a);
+  return 0;
+}

@@ -1,0 +1,228 @@
+/* softmax.c — softmax and log_softmax along one dim, and their backward.
+ *
+ * Computed in f32 (bf16 in, bf16 out), numerically stable by subtracting
+ * the max. The tensor is seen as [outer, n, inner] around the dim. When
+ * inner == 1 (the last dim, the common case) each row is processed on its
+ * own; otherwise a slab of columns [n, <= COLS] is processed with per-column
+ * max/sum vectors, so every loop still runs over contiguous memory.
+ *
+ * exp is our own polynomial (Cephes' expf, ~1 ulp): libm's expf does not
+ * vectorise without -ffast-math, and softmax is mostly exp. Sums
+ * accumulate in double (rows: `omp simd` reductions).
+ *
+ * Backward needs only the saved output y:
+ *   softmax:      gx = y * (g - sum(g * y))
+ *   log_softmax:  gx = g - exp(y) * sum(g)                                  */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+#define PARALLEL_MIN 32768
+#define COLS 256 /* columns per slab in the strided path */
+
+/* a when cond else b, with bit masks: GCC will not if-convert a ?: on
+ * floats under -ftrapping-math, and a branch stops vectorisation. */
+static inline float pick(int cond, float a, float b) {
+  int32_t ia, ib, m = -(int32_t)(cond != 0);
+  memcpy(&ia, &a, sizeof ia);
+  memcpy(&ib, &b, sizeof ib);
+  ia = (ia & m) | (ib & ~m);
+  memcpy(&a, &ia, sizeof a);
+  return a;
+}
+
+/* exp(x) for x <= 88; underflows to 0 below -87 (where expf is denormal),
+ * NaN stays NaN. x = n ln2 + r with |r| <= ln2/2, exp(x) = 2^n exp(r). */
+static inline float exp_f32(float x) {
+  float xc = pick(x > -87.0f, pick(x < 88.0f, x, 88.0f), -87.0f); /* NaN -> -87: the cast below stays defined */
+  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return pick(x != x, x, pick(x < -87.0f, 0.0f, p * scale));
+}
+
+/* NaN needs no care here: it propagates through exp and the sum. */
+static float row_max(const float *x, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+/* e = exp(x - m); returns sum(e), accumulated in double. */
+static float row_exp_sum(const float *x, float *e, int64_t n, float m) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) {
+    e[i] = exp_f32(x[i] - m);
+    s += e[i];
+  }
+  return (float)s;
+}
+
+/* sum(a * b), or sum(a) when b is NULL. */
+static float row_dot(const float *a, const float *b, int64_t n) {
+  double s = 0;
+  if (b) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += a[i];
+  }
+  return (float)s;
+}
+
+static void softmax_row(const float *x, float *y, int64_t n, int log) {
+  float m = row_max(x, n);
+  if (log) {
+    /* (x - m) is exact near the max; x - (m + log s) would round at |x|'s scale. */
+    float ls = logf(row_exp_sum(x, y, n, m)); /* y as scratch */
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m) - ls;
+  } else {
+    float inv = 1.0f / row_exp_sum(x, y, n, m);
+    for (int64_t i = 0; i < n; i++) y[i] *= inv;
+  }
+}
+
+static void softmax_row_backward(const float *g, const float *y, float *gx, int64_t n, int log) {
+  if (log) {
+    float s = row_dot(g, NULL, n);
+    for (int64_t i = 0; i < n; i++) gx[i] = g[i] - exp_f32(y[i]) * s;
+  } else {
+    float s = row_dot(g, y, n);
+    for (int64_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - s);
+  }
+}
+
+/* Columns of one [n, stride] slab: w columns starting at x (and y). */
+static void softmax_cols(const float *x, float *y, int64_t n, int64_t stride, int64_t w, int log) {
+  float m[COLS], k[COLS];
+  double s[COLS];
+  for (int64_t c = 0; c < w; c++) { m[c] = -INFINITY; s[c] = 0; }
+  for (int64_t r = 0; r < n; r++) {
+    const float *xr = x + r * stride;
+    for (int64_t c = 0; c < w; c++) m[c] = xr[c] > m[c] ? xr[c] : m[c];
+  }
+  for (int64_t r = 0; r < n; r++) {
+    const float *xr = x + r * stride;
+    float *yr = y + r * stride;
+    for (int64_t c = 0; c < w; c++) {
+      float e = exp_f32(xr[c] - m[c]);
+      yr[c] = e;
+      s[c] += e;
+    }
+  }
+  for (int64_t c = 0; c < w; c++) k[c] = log ? logf((float)s[c]) : (float)(1.0 / s[c]);
+  for (int64_t r = 0; r < n; r++) {
+    const float *xr = x + r * stride;
+    float *yr = y + r * stride;
+    if (log) for (int64_t c = 0; c < w; c++) yr[c] = (xr[c] - m[c]) - k[c];
+    else for (int64_t c = 0; c < w; c++) yr[c] *= k[c];
+  }
+}
+
+static void softmax_cols_backward(const float *g, const float *y, float *gx, int64_t n, int64_t stride, int64_t w,
+                                  int log) {
+  double s[COLS];
+  for (int64_t c = 0; c < w; c++) s[c] = 0;
+  for (int64_t r = 0; r < n; r++) {
+    const float *gr = g + r * stride, *yr = y + r * stride;
+    if (log) for (int64_t c = 0; c < w; c++) s[c] += gr[c];
+    else for (int64_t c = 0; c < w; c++) s[c] += gr[c] * yr[c];
+  }
+  for (int64_t r = 0; r < n; r++) {
+    const float *gr = g + r * stride, *yr = y + r * stride;
+    float *gxr = gx + r * stride;
+    if (log) for (int64_t c = 0; c < w; c++) gxr[c] = gr[c] - exp_f32(yr[c]) * (float)s[c];
+    else for (int64_t c = 0; c < w; c++) gxr[c] = yr[c] * (gr[c] - (float)s[c]);
+  }
+}
+
+/* Runs the forward (a = x, out = y; b unused) or the backward (a = g,
+ * b = y, out = gx) over every line of a tensor of `shape` along dim d. */
+static void run_lines(int ndim, const int64_t *shape, int d, const float *a, const float *b, float *out, int log,
+                      int backward) {
+  int64_t n = ndim ? shape[d] : 1, inner = 1, outer = 1;
+  for (int i = 0; i < d; i++) outer *= shape[i];
+  for (int i = d + 1; i < ndim; i++) inner *= shape[i];
+  int64_t slabs = (inner + COLS - 1) / COLS, ntasks = outer * slabs;
+  int par = outer * n * inner >= PARALLEL_MIN;
+  if (n == 0) return;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t t = 0; t < ntasks; t++) {
+    int64_t o = t / slabs, c0 = t % slabs * COLS, w = inner - c0 < COLS ? inner - c0 : COLS;
+    int64_t off = o * n * inner + c0;
+    if (inner == 1) {
+      if (backward) softmax_row_backward(a + off, b + off, out + off, n, log);
+      else softmax_row(a + off, out + off, n, log);
+    } else {
+      if (backward) softmax_cols_backward(a + off, b + off, out + off, n, inner, w, log);
+      else softmax_cols(a + off, out + off, n, inner, w, log);
+    }
+  }
+}
+
+/* ints: dim, log. saved: the output (a detached alias). */
+static int softmax_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  const sere_edge *e = &n->edges[0];
+  sere_tensor *y = sere_node_saved(n, 0);
+  if (!y) return -1;
+  sere_tensor *yf = sere_as_contiguous_dtype(y, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
+  sere_tensor *gx = sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape);
+  int rc = -1;
+  if (yf && gf && gx) {
+    run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(gf), sere_data(yf), gx->storage->data, (int)n->ints[1], 1);
+    gi[0] = sere_as_contiguous_dtype(gx, e->dtype);
+    rc = gi[0] ? 0 : -1;
+  }
+  sere_tensor_release(yf);
+  sere_tensor_release(gf);
+  sere_tensor_release(gx);
+  return rc;
+}
+
+static sere_tensor *softmax_impl(sere_tensor *t, int dim, int log) {
+  const char *op = log ? "log_softmax" : "softmax";
+  int d;
+  char a[160];
+  if (!sere_dtype_is_float(t->dtype))
+    return sere_fail("%s: expects a float tensor, got %s of shape %s; convert it first with :float()", op,
+                     sere_dtype_name(t->dtype), sere_shape_str(t, a, sizeof a));
+  if (sere_wrap_dim(dim, t->ndim, op, &d)) return NULL;
+  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
+  sere_tensor *y = x ? sere_tensor_new_uninit(SERE_F32, t->ndim, t->shape) : NULL;
+  if (!y) { sere_tensor_release(x); return NULL; }
+  run_lines(t->ndim, t->shape, d, sere_data(x), NULL, y->storage->data, log, 0);
+  sere_tensor_release(x);
+  sere_tensor *out = sere_as_contiguous_dtype(y, t->dtype);
+  sere_tensor_release(y);
+  if (!out || !sere_needs_grad(1, &t)) return out;
+  /* Save a detached alias: saving `out` itself would be a cycle out -> node -> out. */
+  sere_tensor *alias = sere_detach(out);
+  sere_node *n = alias ? sere_node_new(op, softmax_backward, 1, &t) : NULL;
+  if (!n) {
+    sere_tensor_release(alias);
+    sere_tensor_release(out);
+    return NULL;
+  }
+  n->ints[0] = d;
+  n->ints[1] = log;
+  sere_node_save(n, 0, alias);
+  sere_tensor_release(alias);
+  sere_attach(out, n);
+  return out;
+}
+
+sere_tensor *sere_softmax(sere_tensor *t, int dim) { return softmax_impl(t, dim, 0); }
+sere_tensor *sere_log_softmax(sere_tensor *t, int dim) { return softmax_impl(t, dim, 1); }
