@@ -23,6 +23,9 @@ function sere.enable_grad(fn, ...) return with_grad_mode(true, fn, ...) end
 
 sere.testing = require "sere.testing"
 
+--- sere.io: tensors to and from safetensors files (see docs/lua-api.md).
+sere.io = {save = core.io_save, load = core.io_load}
+
 core._tensor_mt.__tostring = require("sere.print").tostring
 
 --- sere.cuda: device queries (the tensor backend arrives with issue 6).
