@@ -1,5 +1,5 @@
 /* lua_reduce.c — Lua bindings of reductions, softmax and topk, as methods
- * (t:sum()) and module functions (sere.sum(t)); docs/lua-api/reduce.md
+ * (t:sum()) and module functions (sere.sum(t)); docs/lua-api.md
  * documents them. Dims are 1-based (negative from the end) and may be one
  * integer or a table of integers; returned indices are 1-based. */
 #include <math.h>

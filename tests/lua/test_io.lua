@@ -5,7 +5,6 @@
 -- problem, and atomic writes (failures leave nothing behind).
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
-local core = require "sere.core"
 local sio = sere.io
 
 local base = os.tmpname() -- an empty file made by mkstemp; our files are named after it
