@@ -878,6 +878,11 @@ int luaopen_sere_core(lua_State *L) {
   sere_lua_open_index(L);
   sere_lua_open_io(L);
   sere_lua_open_cuda(L);
+  sere_lua_open_nn_norm(L);
+  sere_lua_open_nn_act(L);
+  sere_lua_open_nn_attention(L);
+  sere_lua_open_nn_spatial(L);
+  sere_lua_open_nn_loss(L);
 
   /* expose the method table so Lua code can add methods (sere/init.lua) */
   lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);

@@ -52,6 +52,12 @@ void sere_lua_open_reduce(lua_State *L);
 void sere_lua_open_index(lua_State *L);
 void sere_lua_open_io(lua_State *L);
 void sere_lua_open_cuda(lua_State *L);
+/* nn ops (issue 3), one binding file per op group */
+void sere_lua_open_nn_norm(lua_State *L);      /* lua_nn_norm.c: layer norm, batch norm, l2 norm */
+void sere_lua_open_nn_act(lua_State *L);       /* lua_nn_act.c: gelu, relu */
+void sere_lua_open_nn_attention(lua_State *L); /* lua_nn_attention.c */
+void sere_lua_open_nn_spatial(lua_State *L);   /* lua_nn_spatial.c: patch embed, interpolate, grid sample */
+void sere_lua_open_nn_loss(lua_State *L);      /* lua_nn_loss.c: soft cross-entropy */
 int luaopen_sere_core(lua_State *L);
 
 #endif

@@ -123,4 +123,75 @@ sere_tensor *sere_linspace(double start, double end, int64_t steps, sere_dtype d
 sere_tensor *sere_eye(int64_t n, int64_t m, sere_dtype d);
 sere_tensor *sere_full(int ndim, const int64_t *shape, double v, sere_dtype d);
 
+/* ==== model and loss ops (issue 3); float inputs, computed in f32 ====== */
+
+/* ---- ops/layernorm.c -------------------------------------------------- */
+/* Normalises over the last dim: (x - mean) / sqrt(var + eps) * weight + bias
+ * (biased variance; weight, bias [D] or NULL). Saves x's per-row mean and
+ * rstd, not the normalised tensor. */
+sere_tensor *sere_layer_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, double eps);
+
+/* ---- ops/activation.c ------------------------------------------------- */
+sere_tensor *sere_gelu(sere_tensor *x); /* exact: x * 0.5 * (1 + erf(x / sqrt(2))) */
+sere_tensor *sere_relu(sere_tensor *x);
+
+/* ---- ops/normalize.c -------------------------------------------------- */
+/* x / max(||x||_2, eps) along dim (PyTorch's F.normalize with p = 2). */
+sere_tensor *sere_l2_normalize(sere_tensor *x, int dim, double eps);
+
+/* ---- ops/batchnorm.c -------------------------------------------------- */
+/* Sums per-channel statistics across processes (SyncBatchNorm): called in
+ * forward with [sum(x), sum(x^2), count] per channel and in backward with
+ * [sum(g), sum(g * xhat)] per channel; must sum `buf` (n doubles) over all
+ * ranks in place. NULL means a single process. */
+typedef struct sere_bn_sync {
+  int (*allreduce_sum)(double *buf, int64_t n, void *ctx);
+  void *ctx;
+} sere_bn_sync;
+/* x [B, C, ...]. Training: normalise with the batch mean and biased
+ * variance (over B and all spatial positions), and when running_mean /
+ * running_var are given update them in place with `momentum` (unbiased
+ * variance for running_var). Eval: normalise with the running statistics.
+ * weight / bias [C] or NULL. */
+sere_tensor *sere_batch_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, sere_tensor *running_mean,
+                             sere_tensor *running_var, int training, double momentum, double eps,
+                             const sere_bn_sync *sync);
+
+/* ---- ops/attention.c -------------------------------------------------- */
+/* softmax(q k^T * scale) v over the last two dims, q [..., Tq, d], k and v
+ * [..., Tk, d] / [..., Tk, dv] with equal leading dims. One op: saves q, k,
+ * v, the output and the per-row log-sum-exp; never keeps the Tq x Tk
+ * probabilities for backward (they are recomputed). */
+sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, double scale);
+
+/* ---- ops/patch_embed.c ------------------------------------------------ */
+/* Convolution with kernel == stride == p, no padding, as im2col + GEMM:
+ * x [B, C, H, W], weight [D, C, p, p], bias [D] or NULL
+ * -> [B, D, floor(H / p), floor(W / p)]. */
+sere_tensor *sere_patch_embed(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, int p);
+
+/* ---- ops/interpolate.c ------------------------------------------------ */
+/* PyTorch's interpolate(mode='bicubic', align_corners=False,
+ * scale_factor=(sy, sx)) with the scale factors used for the coordinate
+ * map: x [B, C, H, W] -> [B, C, floor(H * sy), floor(W * sx)]; cubic
+ * kernel A = -0.75, taps clamped to the border, no antialiasing. */
+sere_tensor *sere_interpolate_bicubic(sere_tensor *x, double sy, double sx);
+
+/* ---- ops/grid_sample.c ------------------------------------------------ */
+/* PyTorch's grid_sample(mode='bilinear', padding_mode='zeros',
+ * align_corners=False): input [B, C, H, W], grid [B, Ho, Wo, 2] holding
+ * (x, y) in [-1, 1] -> [B, C, Ho, Wo]. Differentiable in input and grid. */
+sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid);
+
+/* ---- ops/soft_cross_entropy.c ----------------------------------------- */
+/* Per row over the last dim:
+ *   loss = -sum_k softmax((teacher - center) / teacher_temp)_k
+ *                 * log_softmax(student / student_temp)_k
+ * in one pass, without materialising either distribution. student and
+ * teacher [..., K] (same shape), center broadcastable to [K] or NULL.
+ * Returns [...] (one value per row). The gradient flows to the student
+ * only; the teacher side is treated as a constant. */
+sere_tensor *sere_soft_cross_entropy(sere_tensor *student, sere_tensor *teacher, sere_tensor *center,
+                                     double student_temp, double teacher_temp);
+
 #endif
