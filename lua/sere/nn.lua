@@ -348,15 +348,19 @@ nn.Attention = Attention
 --- DropPath(p): per-sample stochastic depth in training mode: keeps the
 --- whole sample with probability 1 - p and rescales it by 1 / (1 - p).
 --- keep = floor(1 - p + u), u ~ U[0, 1) from the default generator (or
---- self.generator).
+--- self.generator); tests may set self.keep_fn(shape) to supply the flags.
 local DropPath = nn.class("DropPath")
 function DropPath:__init(p) self.p = p or 0 end
 function DropPath:forward(x)
   if self.p == 0 or not self.training then return x end
   local shape = {x:shape()[1]}
   for _ = 2, x:dim() do shape[#shape + 1] = 1 end
-  local u = sere.rand(shape, {generator = self.generator})
-  local keep = (u + (1 - self.p)):floor()
+  local keep
+  if self.keep_fn then
+    keep = self.keep_fn(shape)
+  else
+    keep = (sere.rand(shape, {generator = self.generator}) + (1 - self.p)):floor()
+  end
   return x * keep / (1 - self.p)
 end
 function DropPath:extra_repr() return string.format("p=%g", self.p) end
