@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu_setup.h"
 #include "lua_tensor.h"
 #include "repl.h"
 
@@ -187,6 +188,7 @@ static int run_script(lua_State *L, int argc, char **argv, int script) {
 }
 
 int main(int argc, char **argv) {
+  sere_cpu_setup(argv);
   options o;
   int early = parse_args(argc, argv, &o);
   if (early) return early - 1;
