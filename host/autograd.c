@@ -157,21 +157,25 @@ static int list_push(node_list *l, sere_node *n) {
   return 0;
 }
 
-/* Adds g into *slot (creating it when empty). The result is a fresh tensor
- * owned by the slot, never an alias of g, so later in-place accumulation
- * cannot write into a tensor someone else holds. */
-static int accumulate(sere_tensor **slot, sere_tensor *g, const sere_edge *meta) {
-  (void)meta;
-  if (!*slot) {
-    *slot = sere_as_contiguous_dtype(g, g->dtype);
-    if (*slot == g) { /* same object returned: make a private copy */
-      sere_tensor_release(*slot);
-      *slot = sere_tensor_new(g->dtype, g->ndim, g->shape);
-      if (!*slot || sere_copy_raw(*slot, g)) return -1;
-    }
-    return *slot ? 0 : -1;
+/* A gradient nobody else holds (one reference, its own storage, dense):
+ * the engine may keep it as an accumulator instead of copying it, since
+ * later in-place accumulation cannot be seen by anyone else. */
+static int exclusive(const sere_tensor *g) {
+  return g->refcount == 1 && g->storage->refcount == 1 && g->offset == 0 && sere_is_contiguous(g);
+}
+
+/* Adds g into *slot (creating it when empty). The slot always owns a
+ * private tensor, never an alias of someone else's, so later in-place
+ * accumulation cannot write into a tensor someone else holds. */
+static int accumulate(sere_tensor **slot, sere_tensor *g) {
+  if (*slot) return sere_accumulate_into(*slot, g);
+  if (exclusive(g)) {
+    *slot = sere_tensor_retain(g);
+    return 0;
   }
-  return sere_accumulate_into(*slot, g);
+  *slot = sere_tensor_new_uninit(g->dtype, g->ndim, g->shape);
+  if (!*slot) return -1;
+  return sere_copy_raw(*slot, g);
 }
 
 static int check_grad_shape(const sere_node *n, int i, const sere_tensor *g) {
@@ -188,14 +192,11 @@ static int accumulate_leaf(sere_tensor *leaf, sere_tensor *g) {
     sere_fail("backward: the existing .grad has a different shape from its tensor");
     return -1;
   }
-  if (!leaf->grad) {
-    /* .grad takes the leaf's dtype, like PyTorch. */
-    sere_tensor *copy = sere_tensor_new(leaf->dtype, leaf->ndim, leaf->shape);
-    if (!copy || sere_copy_raw(copy, g)) { sere_tensor_release(copy); return -1; }
-    leaf->grad = copy;
-    return 0;
+  if (!leaf->grad && g->dtype != leaf->dtype) { /* .grad takes the leaf's dtype, like PyTorch */
+    leaf->grad = sere_as_contiguous_dtype(g, leaf->dtype);
+    return leaf->grad ? 0 : -1;
   }
-  return sere_accumulate_into(leaf->grad, g);
+  return accumulate(&leaf->grad, g);
 }
 
 int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
@@ -294,7 +295,7 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
       if (gi && (e->node || e->leaf)) {
         err = check_grad_shape(n, i, gi);
         if (!err && e->leaf) err = accumulate_leaf(e->leaf, gi);
-        if (!err && e->node) err = accumulate(&e->node->grad_accum, gi, e);
+        if (!err && e->node) err = accumulate(&e->node->grad_accum, gi);
       }
       if (e->node && !err && --e->node->pending == 0) err = list_push(&ready, e->node);
       sere_tensor_release(gi);

@@ -58,6 +58,12 @@ static sere_dtype scalar_result_type(sere_dtype d, double s) {
   return d == SERE_BOOL ? SERE_I64 : d;
 }
 
+int sere_ew_check_op(const char *family, int op, int last) {
+  if (op >= 0 && op <= last) return 0;
+  sere_fail("%s: unknown op %d", family, op);
+  return -1;
+}
+
 sere_dtype sere_ew_compute_dtype(sere_dtype rt) { return sere_dtype_is_float(rt) ? SERE_F32 : SERE_I64; }
 
 static int can_cast(sere_dtype from, sere_dtype to) {
@@ -71,7 +77,7 @@ static sere_dtype binary_result_type(sere_binary_op op, sere_dtype rt) {
 
 static sere_tensor *scalar_tensor(const char *op, sere_dtype ct, double s) {
   if (ct == SERE_I64 && !(fabs(s) < INT64_SAFE)) return sere_fail("%s: %g does not fit an integer tensor", op, s);
-  sere_tensor *t = sere_tensor_new(ct, 0, NULL);
+  sere_tensor *t = sere_tensor_new_uninit(ct, 0, NULL);
   if (t) sere_fill_raw(t, s);
   return t;
 }
@@ -369,7 +375,7 @@ void sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in
 
 sere_tensor *sere_ew_new(const sere_ew_plan *p, sere_dtype dt, int ndim, const int64_t *shape,
                          sere_tensor *const *in) {
-  sere_tensor *out = sere_tensor_new(dt, ndim, shape);
+  sere_tensor *out = sere_tensor_new_uninit(dt, ndim, shape); /* the run writes every element */
   if (out) sere_ew_run(p, out, in);
   return out;
 }
@@ -481,14 +487,8 @@ static sere_tensor *binary_impl(sere_binary_op op, sere_tensor *a, sere_tensor *
   return out;
 }
 
-static int check_binary_op(sere_binary_op op) {
-  if ((unsigned)op <= SERE_MINIMUM) return 0;
-  sere_fail("binary: unknown op %d", (int)op);
-  return -1;
-}
-
 sere_tensor *sere_binary(sere_binary_op op, sere_tensor *a, sere_tensor *b) {
-  if (check_binary_op(op)) return NULL;
+  if (sere_ew_check_op("binary", op, SERE_MINIMUM)) return NULL;
   return binary_impl(op, a, b, binary_result_type(op, result_type(a, b)));
 }
 
@@ -505,7 +505,7 @@ static int scalar_op_type(sere_binary_op op, const sere_tensor *a, double s, int
 
 sere_tensor *sere_binary_scalar(sere_binary_op op, sere_tensor *a, double s, int scalar_first) {
   sere_dtype rt;
-  if (check_binary_op(op) || scalar_op_type(op, a, s, scalar_first, &rt)) return NULL;
+  if (sere_ew_check_op("binary", op, SERE_MINIMUM) || scalar_op_type(op, a, s, scalar_first, &rt)) return NULL;
   sere_tensor *st = scalar_tensor(binary_names[op], sere_ew_compute_dtype(rt), s);
   if (!st) return NULL;
   sere_tensor *out = scalar_first ? binary_impl(op, st, a, rt) : binary_impl(op, a, st, rt);
@@ -522,19 +522,13 @@ static sere_tensor *compare_impl(sere_compare_op op, sere_tensor *a, sere_tensor
   return ew_new2(compare_names[op], &p, SERE_BOOL, a, b);
 }
 
-static int check_compare_op(sere_compare_op op) {
-  if ((unsigned)op <= SERE_GE) return 0;
-  sere_fail("compare: unknown op %d", (int)op);
-  return -1;
-}
-
 sere_tensor *sere_compare(sere_compare_op op, sere_tensor *a, sere_tensor *b) {
-  if (check_compare_op(op)) return NULL;
+  if (sere_ew_check_op("compare", op, SERE_GE)) return NULL;
   return compare_impl(op, a, b, result_type(a, b));
 }
 
 sere_tensor *sere_compare_scalar(sere_compare_op op, sere_tensor *a, double s) {
-  if (check_compare_op(op)) return NULL;
+  if (sere_ew_check_op("compare", op, SERE_GE)) return NULL;
   sere_dtype rt = scalar_result_type(a->dtype, s);
   sere_tensor *st = scalar_tensor(compare_names[op], sere_ew_compute_dtype(rt), s);
   if (!st) return NULL;
@@ -545,7 +539,7 @@ sere_tensor *sere_compare_scalar(sere_compare_op op, sere_tensor *a, double s) {
 
 sere_tensor *sere_logical(int op, sere_tensor *a, sere_tensor *b) {
   static const char *const names[] = {"logical_and", "logical_or", "logical_xor"};
-  if (op < 0 || op > 2) return sere_fail("logical: unknown op %d", op);
+  if (sere_ew_check_op("logical", op, 2)) return NULL;
   sere_ew_plan p = {.fn = k_logical, .op = op, .nin = 2, .bcast_ok = 1, .ct = {SERE_BOOL, SERE_BOOL, SERE_BOOL}};
   return ew_new2(names[op], &p, SERE_BOOL, a, b);
 }
@@ -663,7 +657,7 @@ static sere_tensor *inplace_operand(const char *op, sere_tensor *a, sere_tensor 
   if (b->storage != a->storage || (b->offset == a->offset && b->ndim == a->ndim &&
                                    !memcmp(b->shape, a->shape, dims) && !memcmp(b->stride, a->stride, dims)))
     return sere_tensor_retain(b);
-  sere_tensor *c = sere_tensor_new(b->dtype, b->ndim, b->shape);
+  sere_tensor *c = sere_tensor_new_uninit(b->dtype, b->ndim, b->shape);
   if (c && sere_copy_raw(c, b)) {
     sere_tensor_release(c);
     return NULL;
@@ -684,7 +678,7 @@ static int binary_into(const char *op, const sere_ew_plan *p, sere_dtype rt, ser
 }
 
 int sere_binary_(sere_binary_op op, sere_tensor *a, sere_tensor *b) {
-  if (check_binary_op(op)) return -1;
+  if (sere_ew_check_op("binary", op, SERE_MINIMUM)) return -1;
   char name[32];
   snprintf(name, sizeof name, "%s_", binary_names[op]);
   sere_dtype rt = binary_result_type(op, result_type(a, b));
@@ -698,7 +692,7 @@ int sere_binary_(sere_binary_op op, sere_tensor *a, sere_tensor *b) {
 
 int sere_binary_scalar_(sere_binary_op op, sere_tensor *a, double s) {
   sere_dtype rt;
-  if (check_binary_op(op) || scalar_op_type(op, a, s, 0, &rt)) return -1;
+  if (sere_ew_check_op("binary", op, SERE_MINIMUM) || scalar_op_type(op, a, s, 0, &rt)) return -1;
   char name[32];
   snprintf(name, sizeof name, "%s_", binary_names[op]);
   sere_tensor *st = scalar_tensor(name, sere_ew_compute_dtype(rt), s);

@@ -35,6 +35,8 @@ sere_tensor *sere_ew_new(const sere_ew_plan *p, sere_dtype dt, int ndim, const i
 
 /* f32 for float result dtypes, i64 for the others. */
 sere_dtype sere_ew_compute_dtype(sere_dtype rt);
+/* 0 when op is a code 0..last of its family, else -1 with an error. */
+int sere_ew_check_op(const char *family, int op, int last);
 /* Is s a whole number that fits an int64? */
 int sere_ew_is_integral(double s);
 

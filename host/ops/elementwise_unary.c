@@ -10,9 +10,9 @@
  * and its node do not own each other. */
 #include <math.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "elementwise.h"
+#include "vecmath.h"
 
 #define OP_CLAMP 100 /* kernel op code: clamp to [f0, f1] (integers: [i0, i1]) */
 
@@ -46,51 +46,6 @@ static int kind_of(int op) { return op == OP_CLAMP ? GRAD_INPUT : grad_kind[op];
     for (int64_t i = 0; i < n; i++) { const T x = xs[i], y = ys[i]; o[i] = (expr); }         \
   } while (0)
 
-/* e^x for x in [-86.9, 88.72] (elsewhere garbage, see exp_row), in a form
- * the compiler vectorises, unlike a call to libm's expf per element:
- * x = n ln2 + r with |r| <= ln2 / 2 (n by the 1.5 * 2^23 rounding trick,
- * ln2 split into a part that n multiplies exactly and a correction), e^r
- * from its Taylor series to degree 7 (truncation error < 3e-9), and 2^n
- * written into the exponent bits. Within 2 ulp of the true value. */
-static inline float exp_core(float x) {
-  float nb = x * 1.44269504f + 12582912.0f;
-  float n = nb - 12582912.0f;
-  float r = x - n * 0.693145752f - n * 1.42860677e-6f;
-  float p = 1.0f / 720 + r * (1.0f / 5040);
-  p = 1.0f / 24 + r * (1.0f / 120 + r * p);
-  p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * p)));
-  uint32_t bits;
-  memcpy(&bits, &nb, sizeof bits); /* n + 0x4B400000 */
-  bits = (bits - 0x4B400000u + 126u) << 23;
-  float scale; /* 2^(n - 1), so that n = 128 stays finite */
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale * 2.0f;
-}
-
-/* o = e^x (or sigmoid(x) = 1 / (1 + e^-x)) over a row, in blocks: one
- * pass of exp_core, then one that saturates x outside its range (to 0
- * below, where e^x < 2e-38, and to inf above) and finishes. The passes are
- * separate because GCC, under the default -ftrapping-math, vectorises no
- * loop where the polynomial sits behind a select. NaN stays NaN. */
-static void exp_row(float *o, const float *x, int64_t n, int sigmoid) {
-  const float s = sigmoid ? -1.0f : 1.0f;
-  float e[1024];
-  for (int64_t j = 0; j < n; j += 1024) {
-    int64_t m = n - j < 1024 ? n - j : 1024;
-    const float *xs = x + j;
-    float *os = o + j;
-    for (int64_t i = 0; i < m; i++) e[i] = exp_core(s * xs[i]);
-    for (int64_t i = 0; i < m; i++) {
-      float v = s * xs[i];
-      e[i] = v < -86.9f ? 0.0f : v > 88.72283f ? INFINITY : e[i];
-    }
-    if (sigmoid)
-      for (int64_t i = 0; i < m; i++) os[i] = 1.0f / (1.0f + e[i]);
-    else
-      for (int64_t i = 0; i < m; i++) os[i] = e[i];
-  }
-}
-
 /* min(max(x, lo), hi) as PyTorch: NaN stays NaN, and lo > hi gives hi. */
 static inline float clampf(float x, float lo, float hi) {
   float t = x < lo ? lo : x;
@@ -107,7 +62,7 @@ static void k_unary_f32(const sere_ew_plan *p, void *out, void *const *in, const
   const float lo = p->f0, hi = p->f1;
   switch (p->op) {
     case SERE_NEG: MAP1(float, -x); break;
-    case SERE_EXP: exp_row(o, in[0], n, 0); break;
+    case SERE_EXP: sere_exp_row(o, in[0], n); break;
     case SERE_LOG: MAP1(float, logf(x)); break;
     case SERE_SQRT: MAP1(float, sqrtf(x)); break;
     case SERE_RSQRT: MAP1(float, 1.0f / sqrtf(x)); break;
@@ -116,7 +71,7 @@ static void k_unary_f32(const sere_ew_plan *p, void *out, void *const *in, const
     case SERE_SIN: MAP1(float, sinf(x)); break;
     case SERE_COS: MAP1(float, cosf(x)); break;
     case SERE_TANH: MAP1(float, tanhf(x)); break;
-    case SERE_SIGMOID: exp_row(o, in[0], n, 1); break;
+    case SERE_SIGMOID: MAP1(float, 1.0f / (1.0f + sere_exp_core(-x))); break;
     case SERE_RECIPROCAL: MAP1(float, 1.0f / x); break;
     case SERE_SQUARE: MAP1(float, x * x); break;
     case SERE_FLOOR: MAP1(float, floorf(x)); break;
@@ -187,10 +142,7 @@ static sere_ew_plan unary_plan(int op, sere_dtype rt) {
 }
 
 static int check_unary(sere_unary_op op, const sere_tensor *a) {
-  if ((unsigned)op > SERE_LOGICAL_NOT) {
-    sere_fail("unary: unknown op %d", (int)op);
-    return -1;
-  }
+  if (sere_ew_check_op("unary", op, SERE_LOGICAL_NOT)) return -1;
   if (op == SERE_NEG && a->dtype == SERE_BOOL) {
     sere_fail("neg: negating a bool tensor is not supported; use logical_not");
     return -1;

@@ -159,7 +159,7 @@ sere_tensor *sere_cat(int n, sere_tensor *const *ts, int dim) {
   int64_t shape[SERE_MAX_DIMS];
   sere_dtype dtype;
   if (cat_check(n, ts, dim, &d, &ndim, shape, &dtype)) return NULL;
-  sere_tensor *out = sere_tensor_new(dtype, ndim, shape);
+  sere_tensor *out = sere_tensor_new_uninit(dtype, ndim, shape); /* the inputs tile it */
   if (!out) return NULL;
   int64_t start = 0;
   for (int i = 0; i < n; i++) {
@@ -235,7 +235,7 @@ sere_tensor *sere_index_select(sere_tensor *t, int dim, sere_tensor *index, int6
   shape[d] = nidx;
   for (int i = 0; i < d; i++) outer *= t->shape[i];
   sere_tensor *tc = sere_contiguous_raw(t);
-  sere_tensor *out = tc ? sere_tensor_new(t->dtype, t->ndim, shape) : NULL;
+  sere_tensor *out = tc ? sere_tensor_new_uninit(t->dtype, t->ndim, shape) : NULL;
   if (!out) { sere_tensor_release(tc); free(idx); return NULL; }
   size_t row = (size_t)inner * sere_dtype_size(t->dtype);
   const char *src = sere_data(tc);
@@ -325,7 +325,7 @@ sere_tensor *sere_gather(sere_tensor *t, int dim, sere_tensor *index, int64_t ba
   if (check_index_shape("gather", t, dim, index, NULL, &d)) return NULL;
   int64_t *idx = read_indices("gather", index, base, t->shape[d], d);
   if (!idx) return NULL;
-  sere_tensor *out = sere_tensor_new(t->dtype, index->ndim, index->shape);
+  sere_tensor *out = sere_tensor_new_uninit(t->dtype, index->ndim, index->shape);
   if (!out) { free(idx); return NULL; }
   walk(WALK_GATHER, t->dtype, index->ndim, index->shape, d, idx, sere_data(t), t->stride, sere_data(out),
        out->stride);
@@ -363,7 +363,7 @@ sere_tensor *sere_scatter_add(sere_tensor *t, int dim, sere_tensor *index, sere_
   if (check_index_shape("scatter_add", t, dim, index, src, &d)) return NULL;
   int64_t *idx = read_indices("scatter_add", index, base, t->shape[d], d);
   if (!idx) return NULL;
-  sere_tensor *out = sere_tensor_new(t->dtype, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
   if (!out || sere_copy_raw(out, t)) { free(idx); sere_tensor_release(out); return NULL; }
   walk(WALK_SCATTER_ADD, t->dtype, index->ndim, index->shape, d, idx, sere_data(out), out->stride, sere_data(src),
        src->stride);
@@ -439,7 +439,7 @@ sere_tensor *sere_masked_select(sere_tensor *t, sere_tensor *mask) {
   sere_tensor *out = NULL;
   if (me) {
     int64_t count = mask_walk(MASK_COUNT, me, NULL, NULL);
-    out = sere_tensor_new(t->dtype, 1, &count);
+    out = sere_tensor_new_uninit(t->dtype, 1, &count);
     if (out) mask_walk(MASK_PACK, me, te, out->storage->data);
   }
   sere_tensor_release(te);
@@ -458,7 +458,7 @@ sere_tensor *sere_nonzero(sere_tensor *t, int64_t base) {
     count += sere_get_elem(t, pos) != 0;
     sere_index_next(t->ndim, t->shape, pos);
   }
-  sere_tensor *out = sere_tensor_new(SERE_I64, 2, (int64_t[]){count, t->ndim});
+  sere_tensor *out = sere_tensor_new_uninit(SERE_I64, 2, (int64_t[]){count, t->ndim});
   if (!out) return NULL;
   int64_t *o = out->storage->data;
   for (int64_t i = 0; i < n; i++) {

@@ -160,8 +160,8 @@ sere_tensor *sere_batch_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *b
 /* ---- ops/attention.c -------------------------------------------------- */
 /* softmax(q k^T * scale) v over the last two dims, q [..., Tq, d], k and v
  * [..., Tk, d] / [..., Tk, dv] with equal leading dims. One op: saves q, k,
- * v, the output and the per-row log-sum-exp; never keeps the Tq x Tk
- * probabilities for backward (they are recomputed). */
+ * v and the per-row log-sum-exp; never keeps the Tq x Tk probabilities for
+ * backward (they are recomputed). */
 sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, double scale);
 
 /* ---- ops/patch_embed.c ------------------------------------------------ */

@@ -6,50 +6,20 @@
  * own; otherwise a slab of columns [n, <= COLS] is processed with per-column
  * max/sum vectors, so every loop still runs over contiguous memory.
  *
- * exp is our own polynomial (Cephes' expf, ~1 ulp): libm's expf does not
- * vectorise without -ffast-math, and softmax is mostly exp. Sums
- * accumulate in double (rows: `omp simd` reductions).
+ * exp is sere_exp_core (vecmath.h): libm's expf does not vectorise without
+ * -ffast-math, and softmax is mostly exp. Sums accumulate in double (rows:
+ * `omp simd` reductions).
  *
  * Backward needs only the saved output y:
  *   softmax:      gx = y * (g - sum(g * y))
  *   log_softmax:  gx = g - exp(y) * sum(g)                                  */
 #include <math.h>
-#include <string.h>
 
 #include "ops.h"
+#include "vecmath.h"
 
 #define PARALLEL_MIN 32768
 #define COLS 256 /* columns per slab in the strided path */
-
-/* a when cond else b, with bit masks: GCC will not if-convert a ?: on
- * floats under -ftrapping-math, and a branch stops vectorisation. */
-static inline float pick(int cond, float a, float b) {
-  int32_t ia, ib, m = -(int32_t)(cond != 0);
-  memcpy(&ia, &a, sizeof ia);
-  memcpy(&ib, &b, sizeof ib);
-  ia = (ia & m) | (ib & ~m);
-  memcpy(&a, &ia, sizeof a);
-  return a;
-}
-
-/* exp(x) for x <= 88; underflows to 0 below -87 (where expf is denormal),
- * NaN stays NaN. x = n ln2 + r with |r| <= ln2/2, exp(x) = 2^n exp(r). */
-static inline float exp_f32(float x) {
-  float xc = pick(x > -87.0f, pick(x < 88.0f, x, 88.0f), -87.0f); /* NaN -> -87: the cast below stays defined */
-  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)n + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return pick(x != x, x, pick(x < -87.0f, 0.0f, p * scale));
-}
 
 /* NaN needs no care here: it propagates through exp and the sum. */
 static float row_max(const float *x, int64_t n) {
@@ -64,7 +34,7 @@ static float row_exp_sum(const float *x, float *e, int64_t n, float m) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; i++) {
-    e[i] = exp_f32(x[i] - m);
+    e[i] = sere_exp_core(x[i] - m);
     s += e[i];
   }
   return (float)s;
@@ -98,7 +68,7 @@ static void softmax_row(const float *x, float *y, int64_t n, int log) {
 static void softmax_row_backward(const float *g, const float *y, float *gx, int64_t n, int log) {
   if (log) {
     float s = row_dot(g, NULL, n);
-    for (int64_t i = 0; i < n; i++) gx[i] = g[i] - exp_f32(y[i]) * s;
+    for (int64_t i = 0; i < n; i++) gx[i] = g[i] - sere_exp_core(y[i]) * s;
   } else {
     float s = row_dot(g, y, n);
     for (int64_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - s);
@@ -118,7 +88,7 @@ static void softmax_cols(const float *x, float *y, int64_t n, int64_t stride, in
     const float *xr = x + r * stride;
     float *yr = y + r * stride;
     for (int64_t c = 0; c < w; c++) {
-      float e = exp_f32(xr[c] - m[c]);
+      float e = sere_exp_core(xr[c] - m[c]);
       yr[c] = e;
       s[c] += e;
     }
@@ -144,7 +114,7 @@ static void softmax_cols_backward(const float *g, const float *y, float *gx, int
   for (int64_t r = 0; r < n; r++) {
     const float *gr = g + r * stride, *yr = y + r * stride;
     float *gxr = gx + r * stride;
-    if (log) for (int64_t c = 0; c < w; c++) gxr[c] = gr[c] - exp_f32(yr[c]) * (float)s[c];
+    if (log) for (int64_t c = 0; c < w; c++) gxr[c] = gr[c] - sere_exp_core(yr[c]) * (float)s[c];
     else for (int64_t c = 0; c < w; c++) gxr[c] = yr[c] * (gr[c] - (float)s[c]);
   }
 }

@@ -158,8 +158,8 @@ function loss.ibot_mim_loss(teacher_patch, student_patch, masks, center2, teache
   return per_image:mean()
 end
 
---- ibot_patch_loss(head, teacher_features, student_features, masks,
---- center2, teacher_temp, student_temp): the MIM loss of ibot_mim_loss and
+--- ibot_patch_loss(student_head, teacher_head, teacher_features,
+--- student_features, masks, center2, teacher_temp, student_temp): the MIM loss of ibot_mim_loss and
 --- the teacher's mean patch logit per image (for the centre), computed
 --- with the head's prototype layers on the masked tokens only, and on
 --- one mean feature vector per image (shortcut 2). features are the
@@ -198,72 +198,87 @@ function loss.update_center(center, batch_mean, momentum)
 end
 
 -- ---- SERE (7.5, 7.6) -----------------------------------------------------------
---- pixel_loss(opts): the SERE pixel loss of 7.5 from SERE-head features.
---- opts: teacher_z [G*B, D, Ng] (teacher pixel head projection), student_p
---- [G*B, D, Ng] (student, masked globals), student_local_p [L*B, D, Nl] or
---- nil, hw_global, hw_local {h, w}, heads, n_global, grids_gg_rows /
---- grids_gg_cols [G*B, S, S, 2] (each crop's own frame), grids_lg_local /
---- grids_lg_global [G*L, B, 6, 6, 2] (index g*L + l), teacher_temp (0.5).
---- Returns the loss and the array of terms (gg terms first, then g*L+l).
-function loss.pixel_loss(o)
-  local g_n, tt = o.n_global, o.teacher_temp or 0.5
-  local rows = o.teacher_z:shape()[1]
-  local b = rows // g_n
-  local t_al = sere.no_grad(function()
-    return loss.aligned_pixel_relation(o.teacher_z:detach(), o.hw_global, o.heads, o.grids_gg_rows, o.grids_gg_cols)
-  end)
-  local s_al = loss.aligned_pixel_relation(o.student_p, o.hw_global, o.heads, o.grids_gg_rows, o.grids_gg_cols)
-  local t_chunks, s_chunks = t_al:chunk(g_n, 1), s_al:chunk(g_n, 1)
-  local terms = {}
-  for g = 1, g_n do
-    for v = 1, g_n do
-      if v ~= g then
-        terms[#terms + 1] = sere.soft_cross_entropy(s_chunks[v], t_chunks[g], nil, 1, tt):mean()
-      end
-    end
-  end
-  if o.student_local_p then
-    local l_n = o.student_local_p:shape()[1] // b
-    local tz, sp = o.teacher_z:detach():chunk(g_n, 1), o.student_local_p:chunk(l_n, 1)
-    for g = 1, g_n do
-      for l = 1, l_n do
-        local pair = (g - 1) * l_n + l
-        local gg, gl = o.grids_lg_global[pair], o.grids_lg_local[pair]
-        local ta = sere.no_grad(function() return loss.aligned_pixel_relation(tz[g], o.hw_global, o.heads, gg, gg) end)
-        local sa = loss.aligned_pixel_relation(sp[l], o.hw_local, o.heads, gl, gl)
-        terms[#terms + 1] = sere.soft_cross_entropy(sa, ta, nil, 1, tt):mean()
-      end
-    end
-  end
+-- Sum of the terms divided by their count.
+local function mean_of(terms)
   local total = terms[1]
   for i = 2, #terms do total = total + terms[i] end
-  return total / #terms, terms
+  return total / #terms
 end
 
---- channel_loss(opts): the SERE channel loss of 7.6. opts: teacher_z
---- [G*B, D, Ng], student_p [G*B, D, Ng], student_local_p [L*B, D, Nl] or
---- nil, sigma_global (14), sigma_local (6), n_global, teacher_temp (0.1).
---- Returns the loss and the terms (for each g: other globals, then locals).
-function loss.channel_loss(o)
-  local g_n, tt = o.n_global, o.teacher_temp or 0.1
-  local b = o.teacher_z:shape()[1] // g_n
-  local ct = sere.no_grad(function() return loss.channel_relation(o.teacher_z, o.sigma_global or 14) end)
-  local cs = loss.channel_relation(o.student_p, o.sigma_global or 14)
-  local t_chunks, s_chunks = ct:chunk(g_n, 1), cs:chunk(g_n, 1)
-  local locals = {}
-  if o.student_local_p then
-    locals = loss.channel_relation(o.student_local_p, o.sigma_local or 6):chunk(o.student_local_p:shape()[1] // b, 1)
-  end
+-- mean over rows of CE(softmax(teacher / tt), student) for one term
+local function term(student, teacher, tt)
+  return sere.soft_cross_entropy(student, teacher:detach(), nil, 1, tt):mean()
+end
+
+--- pixel_loss(teacher_gg, student_gg, lg_pairs, n_global[, teacher_temp]):
+--- the SERE pixel loss of 7.5 from aligned relations. teacher_gg,
+--- student_gg [G*B, h, Sq, Sk]: each global crop's relation aligned with
+--- its own grids; lg_pairs: array indexed g*L + l of {teacher, student}
+--- aligned local/global relations [B, h, 36, 36] (teacher raw, the
+--- temperature is applied here) or nil. Returns the mean of the
+--- G*(G-1) + G*L terms and the terms (gg first, then g*L + l).
+function loss.pixel_loss(teacher_gg, student_gg, lg_pairs, n_global, teacher_temp)
+  local tt = teacher_temp or 0.5
+  local t, s = teacher_gg:chunk(n_global, 1), student_gg:chunk(n_global, 1)
   local terms = {}
-  for g = 1, g_n do
-    for v = 1, g_n do
-      if v ~= g then terms[#terms + 1] = sere.soft_cross_entropy(s_chunks[v], t_chunks[g], nil, 1, tt):mean() end
+  for g = 1, n_global do
+    for v = 1, n_global do
+      if v ~= g then terms[#terms + 1] = term(s[v], t[g], tt) end
     end
-    for l = 1, #locals do terms[#terms + 1] = sere.soft_cross_entropy(locals[l], t_chunks[g], nil, 1, tt):mean() end
   end
-  local total = terms[1]
-  for i = 2, #terms do total = total + terms[i] end
-  return total / #terms, terms
+  for _, pair in ipairs(lg_pairs or {}) do terms[#terms + 1] = term(pair[2], pair[1], tt) end
+  return mean_of(terms), terms
+end
+
+--- pixel_loss_from_features(o): pixel_loss on the SERE pixel heads'
+--- features, aligning with shortcut 1. o: teacher_z [G*B, D, Ng] (teacher
+--- projection), student_p [G*B, D, Ng] (student predictor, masked
+--- globals), student_local_p [L*B, D, Nl] or nil, hw_global, hw_local
+--- ({h, w}), heads, n_global, grids_gg_rows / grids_gg_cols [G*B, S, S, 2]
+--- (each crop's own frame), grids_lg_local / grids_lg_global
+--- [G*L, B, 6, 6, 2] (index g*L + l), teacher_temp (0.5).
+function loss.pixel_loss_from_features(o)
+  local g_n = o.n_global
+  local b = o.teacher_z:shape()[1] // g_n
+  local tz = o.teacher_z:detach()
+  local t_gg = sere.no_grad(function()
+    return loss.aligned_pixel_relation(tz, o.hw_global, o.heads, o.grids_gg_rows, o.grids_gg_cols)
+  end)
+  local s_gg = loss.aligned_pixel_relation(o.student_p, o.hw_global, o.heads, o.grids_gg_rows, o.grids_gg_cols)
+  local pairs_lg = {}
+  if o.student_local_p then
+    local l_n = o.student_local_p:shape()[1] // b
+    local tzc, spc = tz:chunk(g_n, 1), o.student_local_p:chunk(l_n, 1)
+    for g = 1, g_n do
+      for l = 1, l_n do
+        local i = (g - 1) * l_n + l
+        local gg, gl = o.grids_lg_global[i], o.grids_lg_local[i]
+        local ta = sere.no_grad(function() return loss.aligned_pixel_relation(tzc[g], o.hw_global, o.heads, gg, gg) end)
+        pairs_lg[i] = {ta, loss.aligned_pixel_relation(spc[l], o.hw_local, o.heads, gl, gl)}
+      end
+    end
+  end
+  return loss.pixel_loss(t_gg, s_gg, pairs_lg, g_n, o.teacher_temp)
+end
+
+--- channel_loss(teacher_c, student_c, student_local_c, n_global[,
+--- teacher_temp]): the SERE channel loss of 7.6 from channel relations
+--- (teacher_c [G*B, D, D] = C^z, student_c [G*B, D, D] and student_local_c
+--- [L*B, D, D] or nil = C^p). Returns the mean of the terms and the terms
+--- (for each g: the other globals, then the locals).
+function loss.channel_loss(teacher_c, student_c, student_local_c, n_global, teacher_temp)
+  local tt = teacher_temp or 0.1
+  local b = teacher_c:shape()[1] // n_global
+  local t, s = teacher_c:chunk(n_global, 1), student_c:chunk(n_global, 1)
+  local locals = student_local_c and student_local_c:chunk(student_local_c:shape()[1] // b, 1) or {}
+  local terms = {}
+  for g = 1, n_global do
+    for v = 1, n_global do
+      if v ~= g then terms[#terms + 1] = term(s[v], t[g], tt) end
+    end
+    for l = 1, #locals do terms[#terms + 1] = term(locals[l], t[g], tt) end
+  end
+  return mean_of(terms), terms
 end
 
 --- total_loss(ibot, pixel, channel, alpha, beta): ibot * (4 - alpha - beta) / 2
