@@ -47,6 +47,7 @@ void sere_lua_set_metamethods(lua_State *L, const luaL_Reg *metamethods);
 
 /* One per binding file; each registers its area (called by luaopen_sere_core). */
 void sere_lua_open_tensor(lua_State *L);
+void sere_lua_open_create(lua_State *L);
 void sere_lua_open_math(lua_State *L);
 void sere_lua_open_reduce(lua_State *L);
 void sere_lua_open_index(lua_State *L);
