@@ -581,6 +581,8 @@ int luaopen_sere_core(lua_State *L) {
   sere_lua_open_nn_attention(L);
   sere_lua_open_nn_spatial(L);
   sere_lua_open_nn_loss(L);
+  sere_lua_open_image(L);
+  sere_lua_open_augment(L);
 
   /* expose the method table so Lua code can add methods (sere/init.lua) */
   lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);

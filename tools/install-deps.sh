@@ -10,7 +10,8 @@ PACKAGES=(
   build-essential cmake pkg-config              # compiler, build, ctest
   liblua5.4-dev libopenblas-dev libreadline-dev # what the program links
   clang libclang-rt-14-dev libomp-14-dev        # fuzzer and sanitizer builds (clang, its runtimes, its OpenMP)
-  python3                                       # tests: drives the REPL through a pseudo-terminal
+  libturbojpeg0-dev libpng-dev                  # image decoding (JPEG, PNG)
+  python3 python3-pil                           # tests: drives the REPL; writes the image reference data
 )
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }

@@ -28,6 +28,20 @@ sere.io = {save = core.io_save, load = core.io_load}
 
 core._tensor_mt.__tostring = require("sere.print").tostring
 
+--- sere.image, sere.augment, sere.data: the image pipeline's building blocks
+--- (C functions registered as core.image_*, core.augment_*, core.dataset_*).
+local function prefixed(prefix)
+  local t = {}
+  for k, v in pairs(core) do
+    local name = k:match("^" .. prefix .. "_(.+)$")
+    if name then t[name] = v end
+  end
+  return t
+end
+sere.image = prefixed("image")
+sere.augment = prefixed("augment")
+sere.data = prefixed("dataset")
+
 --- sere.cuda: device queries (the tensor backend arrives with issue 6).
 sere.cuda = {
   is_available = core.cuda_is_available,
