@@ -61,6 +61,7 @@ void sere_lua_open_nn_spatial(lua_State *L);   /* lua_nn_spatial.c: patch embed,
 void sere_lua_open_nn_loss(lua_State *L);      /* lua_nn_loss.c: soft cross-entropy */
 void sere_lua_open_image(lua_State *L);        /* lua_image.c: image files, datasets */
 void sere_lua_open_augment(lua_State *L);      /* lua_augment.c: augmentations, crop/mask sampling, overlap grids */
+void sere_lua_open_loader(lua_State *L);       /* lua_loader.c: multi-crop samples, threaded loader */
 int luaopen_sere_core(lua_State *L);
 
 #endif

@@ -40,7 +40,7 @@ local function prefixed(prefix)
 end
 sere.image = prefixed("image")
 sere.augment = prefixed("augment")
-sere.data = prefixed("dataset")
+sere.data = prefixed("dataset") -- require "sere.data" adds the Loader and recipes to this table
 
 --- sere.cuda: device queries (the tensor backend arrives with issue 6).
 sere.cuda = {
