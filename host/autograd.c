@@ -116,6 +116,21 @@ int sere_node_save(sere_node *n, int i, sere_tensor *t) {
   return 0;
 }
 
+int sere_node_save_output(sere_node *n, int i, sere_tensor *out) {
+  sere_tensor *alias = sere_detach(out);
+  if (!alias) return -1;
+  sere_node_save(n, i, alias);
+  sere_tensor_release(alias);
+  return 0;
+}
+
+sere_tensor *sere_grad_as(sere_tensor *g, sere_dtype d) {
+  if (!g || g->dtype == d) return g;
+  sere_tensor *r = sere_as_contiguous_dtype(g, d);
+  sere_tensor_release(g);
+  return r;
+}
+
 sere_tensor *sere_node_saved(sere_node *n, int i) {
   sere_tensor *t = n->saved[i];
   if (!t) {

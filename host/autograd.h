@@ -73,8 +73,16 @@ sere_node *sere_node_new(const char *name, sere_backward_fn fn, int ninputs, ser
 void sere_node_release(sere_node *n);
 /* Saves `t` (retained) in slot i, recording its storage version. 0 ok, -1 error. */
 int sere_node_save(sere_node *n, int i, sere_tensor *t);
+/* Saves in slot i a detached alias of `out`, the op's result (n is or will
+ * be its grad_fn): the alias shares out's storage, so in-place changes are
+ * detected, but not its node, so out and n do not own each other. */
+int sere_node_save_output(sere_node *n, int i, sere_tensor *out);
 /* Returns saved slot i (borrowed) or NULL with an error if it was modified in place. */
 sere_tensor *sere_node_saved(sere_node *n, int i);
+/* The end of a backward function that computed in f32: g as dtype d, g
+ * itself when it has that dtype (any strides), else a contiguous copy.
+ * Takes over the reference to g; NULL gives NULL. */
+sere_tensor *sere_grad_as(sere_tensor *g, sere_dtype d);
 int sere_edge_needed(const sere_node *n, int i);
 /* out->grad_fn = n, out->requires_grad = 1; steals the reference to n. */
 void sere_attach(sere_tensor *out, sere_node *n);

@@ -199,7 +199,7 @@ static int random_tensor(lua_State *L, rand_kind kind, const char *op) {
   int opts = shape_and_opts(L, 1, &ndim, shape, op);
   sere_dtype d = sere_lua_opt_dtype(L, opts, SERE_F32);
   if (!sere_dtype_is_float(d)) return luaL_error(L, "%s: dtype must be f32 or bf16", op);
-  sere_tensor *t = sere_tensor_new(d, ndim, shape);
+  sere_tensor *t = sere_tensor_new_uninit(d, ndim, shape);
   sere_lua_push(L, t);
   sere_generator *g = opt_generator(L, opts);
   int rc = kind == RAND_UNIFORM ? sere_uniform_(t, 0, 1, g) : sere_normal_(t, 0, 1, g);
@@ -218,7 +218,7 @@ static int l_randint(lua_State *L) {
   int ndim;
   int64_t shape[SERE_MAX_DIMS];
   int opts = shape_and_opts(L, 3, &ndim, shape, "randint");
-  sere_tensor *t = sere_tensor_new(sere_lua_opt_dtype(L, opts, SERE_I64), ndim, shape);
+  sere_tensor *t = sere_tensor_new_uninit(sere_lua_opt_dtype(L, opts, SERE_I64), ndim, shape);
   sere_lua_push(L, t);
   if (sere_randint_(t, lo, hi, opt_generator(L, opts))) return sere_lua_raise(L);
   return 1;

@@ -19,8 +19,8 @@
  * the parallel loop and restored after. With fewer tasks than threads (one
  * long head) the tasks run in turn and OpenBLAS threads each GEMM.
  * The exp-heavy row loops are compiled for AVX-512 and AVX2 as well as the
- * baseline x86-64 (picked at load time): with SSE2 alone they took longer
- * than the products.
+ * baseline x86-64 (SERE_WIDE_SIMD): with SSE2 alone they took longer than
+ * the products.
  *
  * Operands are read in place whenever BLAS can (f32 with unit column
  * stride), so q, k and v sliced out of one [B, T, 3, h, d] qkv tensor cost
@@ -38,12 +38,6 @@
 #define SHAPE_BUF 160
 #define BLOCK_FLOATS (1 << 16) /* one block of scores: 256 KiB */
 #define PARALLEL_MIN (1 << 18) /* multiply-adds below which one thread does it all */
-
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__GLIBC__)
-#define WIDE_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define WIDE_SIMD
-#endif
 
 /* One attention problem: every operand's first element, leading-dim
  * strides and row stride (columns have stride 1), all in elements. */
@@ -97,7 +91,7 @@ static float row_max(const float *x, int64_t n) {
 }
 
 /* x = softmax(x) in place; returns the log-sum-exp of the row. */
-WIDE_SIMD static float softmax_row(float *x, int64_t n) {
+SERE_WIDE_SIMD static float softmax_row(float *x, int64_t n) {
   float m = row_max(x, n), s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; i++) {
@@ -110,7 +104,7 @@ WIDE_SIMD static float softmax_row(float *x, int64_t n) {
 }
 
 /* x = exp(x - lse): the probabilities again from the saved statistic. */
-WIDE_SIMD static void exp_row(float *x, int64_t n, float lse) {
+SERE_WIDE_SIMD static void exp_row(float *x, int64_t n, float lse) {
 #pragma omp simd
   for (int64_t i = 0; i < n; i++) x[i] = sere_exp_core(x[i] - lse);
 }
@@ -120,7 +114,7 @@ WIDE_SIMD static void exp_row(float *x, int64_t n, float lse) {
  * dividing by it keeps sum(dS) = 0, the softmax gradient's invariant:
  * FlashAttention's D = rowsum(dO * O) leaks that rounding into every
  * score's gradient (measured: twice PyTorch's f32 error on dq at T = 197). */
-WIDE_SIMD static void softmax_grad_row(float *dp, const float *prob, int64_t n) {
+SERE_WIDE_SIMD static void softmax_grad_row(float *dp, const float *prob, int64_t n) {
   double dot = 0, sum = 0;
 #pragma omp simd reduction(+ : dot, sum)
   for (int64_t i = 0; i < n; i++) {

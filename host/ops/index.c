@@ -15,14 +15,6 @@
 
 #define SHAPE_BUF 160
 
-/* g as the dtype of the input it is the gradient of; steals g. */
-static sere_tensor *grad_as(sere_tensor *g, sere_dtype d) {
-  if (!g || g->dtype == d) return g;
-  sere_tensor *r = sere_as_contiguous_dtype(g, d);
-  sere_tensor_release(g);
-  return r;
-}
-
 /* A view of t broadcast to `shape` (no autograd). */
 static sere_tensor *expand_raw(const sere_tensor *t, int ndim, const int64_t *shape) {
   int64_t stride[SERE_MAX_DIMS];
@@ -137,7 +129,8 @@ static int cat_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
     int skipped = e->ndim != g->ndim;
     int64_t len = skipped ? 0 : e->shape[dim];
     if (sere_edge_needed(n, i)) {
-      gi[i] = skipped ? sere_tensor_new(e->dtype, 1, e->shape) : grad_as(sere_narrow(g, dim, start, len), e->dtype);
+      gi[i] = skipped ? sere_tensor_new(e->dtype, 1, e->shape)
+                      : sere_grad_as(sere_narrow(g, dim, start, len), e->dtype);
       if (!gi[i]) return -1;
     }
     start += len;
@@ -217,7 +210,7 @@ static int index_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
       for (int64_t q = 0; q < inner; q++) row[q] += s[q];
     }
   sere_tensor_release(gf);
-  gi[0] = grad_as(z, e->dtype);
+  gi[0] = sere_grad_as(z, e->dtype);
   return gi[0] ? 0 : -1;
 }
 
@@ -316,7 +309,7 @@ static int gather_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   walk(WALK_SCATTER_ADD, SERE_F32, gf->ndim, gf->shape, (int)n->ints[0], n->extra, sere_data(z), z->stride,
        sere_data(gf), gf->stride);
   sere_tensor_release(gf);
-  gi[0] = grad_as(z, e->dtype);
+  gi[0] = sere_grad_as(z, e->dtype);
   return gi[0] ? 0 : -1;
 }
 
@@ -343,7 +336,7 @@ sere_tensor *sere_gather(sere_tensor *t, int dim, sere_tensor *index, int64_t ba
 static int scatter_add_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   int dim = (int)n->ints[0], ndim = n->edges[0].ndim;
   const int64_t *ishape = n->ints + 1;
-  if (sere_edge_needed(n, 0) && !(gi[0] = grad_as(sere_tensor_retain(g), n->edges[0].dtype))) return -1;
+  if (sere_edge_needed(n, 0) && !(gi[0] = sere_grad_as(sere_tensor_retain(g), n->edges[0].dtype))) return -1;
   if (!sere_edge_needed(n, 1)) return 0;
   const sere_edge *e = &n->edges[1];
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
@@ -351,7 +344,7 @@ static int scatter_add_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   if (!z) { sere_tensor_release(gf); return -1; }
   walk(WALK_GATHER, SERE_F32, ndim, ishape, dim, n->extra, sere_data(gf), gf->stride, sere_data(z), z->stride);
   sere_tensor_release(gf);
-  gi[1] = grad_as(z, e->dtype);
+  gi[1] = sere_grad_as(z, e->dtype);
   return gi[1] ? 0 : -1;
 }
 
@@ -425,7 +418,7 @@ static int masked_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi
     r = sere_sum_to(z, e->ndim, e->shape);
     sere_tensor_release(z);
   }
-  gi[0] = grad_as(r, e->dtype);
+  gi[0] = sere_grad_as(r, e->dtype);
   return gi[0] ? 0 : -1;
 }
 

@@ -107,18 +107,13 @@ static int l2_normalize_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
   sere_tensor *x = sere_node_saved(n, 0), *norms = sere_node_saved(n, 1);
   if (!x || !norms) return -1;
   sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *gx = sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape);
-  int rc = -1;
-  if (xf && gf && gx) {
+  sere_tensor *gx = xf && gf ? sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape) : NULL;
+  if (gx)
     run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(xf), sere_data(gf), sere_data(gx), sere_data(norms),
               (float)n->scalars[0]);
-    gi[0] = sere_as_contiguous_dtype(gx, e->dtype);
-    rc = gi[0] ? 0 : -1;
-  }
   sere_tensor_release(xf);
   sere_tensor_release(gf);
-  sere_tensor_release(gx);
-  return rc;
+  return (gi[0] = sere_grad_as(gx, e->dtype)) ? 0 : -1;
 }
 
 sere_tensor *sere_l2_normalize(sere_tensor *x, int dim, double eps) {

@@ -18,7 +18,9 @@
  * the max, where m + log Z would round at the logits' scale.
  *   dloss/ds_k = g (softmax(s')_k - p_k) / Ts.
  * The teacher and the centre are constants (the method detaches them).
- * Sums run in f32 within a chunk and in double across chunks. */
+ * Sums run in f32 within a chunk and in double across chunks. The row
+ * loops are all exp: they are compiled for AVX-512 and AVX2 too
+ * (SERE_WIDE_SIMD), 4-8x faster than SSE2 alone. */
 #include <math.h>
 
 #include "ops.h"
@@ -27,14 +29,6 @@
 #define SHAPE_BUF 160
 #define CHUNK 256
 #define PARALLEL_MIN 32768
-
-/* The row loops are all exp: compile them for AVX-512 and AVX2 as well as
- * the baseline x86-64 (picked at load time), 4-8x faster than SSE2 alone. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__GLIBC__)
-#define WIDE_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define WIDE_SIMD
-#endif
 
 typedef struct {
   float inv_ts, inv_tt;
@@ -62,7 +56,8 @@ static inline void scale_chunk(const temps *tp, const float *s, const float *t, 
 static inline float safe_max(float m) { return m == -INFINITY ? 0.0f : m; }
 
 /* One row: the loss, and in stats the max and log-sum of s' and of t'. */
-WIDE_SIMD static float row_forward(const temps *tp, const float *s, const float *t, int64_t k, float *stats) {
+SERE_WIDE_SIMD static float row_forward(const temps *tp, const float *s, const float *t, int64_t k,
+                                        float *stats) {
   float sb[CHUNK], tb[CHUNK];
   float ms = -INFINITY, mt = -INFINITY, r = 0;
   double zs = 0, zt = 0, wsum = 0;
@@ -105,7 +100,7 @@ WIDE_SIMD static float row_forward(const temps *tp, const float *s, const float 
 /* gs = g (softmax(s') - softmax(t')) / Ts for one row. s' and t' go
  * through the forward's buffers so that they round the same way (a fused
  * multiply-subtract here would not, shifting p by up to an ulp of t'). */
-WIDE_SIMD static void row_backward(const temps *tp, const float *s, const float *t, int64_t k, const float *stats,
+SERE_WIDE_SIMD static void row_backward(const temps *tp, const float *s, const float *t, int64_t k, const float *stats,
                                    float g, float *gs) {
   float sb[CHUNK], tb[CHUNK], smax, tmax;
   float a = g * tp->inv_ts, ms = stats[0], ls = stats[1], mt = stats[2], lt = stats[3];

@@ -104,9 +104,8 @@ static int topk_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   for (int i = d + 1; i < e->ndim; i++) C *= e->shape[i];
   int64_t O = C > 0 && k > 0 ? sere_numel(g) / (C * k) : 0;
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32), *ic = sere_contiguous_raw(ix);
-  sere_tensor *gx = sere_tensor_new(SERE_F32, e->ndim, e->shape); /* zeros: g is scattered into it */
-  int rc = -1;
-  if (gf && ic && gx) {
+  sere_tensor *gx = gf && ic ? sere_tensor_new(SERE_F32, e->ndim, e->shape) : NULL; /* zeros: g is scattered in */
+  if (gx) {
     const float *gv = sere_data(gf);
     const int64_t *iv = sere_data(ic);
     float *out = gx->storage->data;
@@ -116,13 +115,10 @@ static int topk_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
           int64_t at = (o * k + j) * C + c;
           out[(o * R + iv[at] - base) * C + c] += gv[at];
         }
-    gi[0] = sere_as_contiguous_dtype(gx, e->dtype);
-    rc = gi[0] ? 0 : -1;
   }
   sere_tensor_release(gf);
   sere_tensor_release(ic);
-  sere_tensor_release(gx);
-  return rc;
+  return (gi[0] = sere_grad_as(gx, e->dtype)) ? 0 : -1;
 }
 
 int sere_topk(sere_tensor *t, int64_t k, int dim, int largest, int sorted, int64_t base, sere_tensor **values,

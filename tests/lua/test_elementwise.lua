@@ -311,6 +311,54 @@ T.test("unary ops match Lua math", function()
   check(w:sigmoid(), unary_ref.sigmoid, {w}, 1e-37, 2.4e-7, "sigmoid range")
   local special = sere.tensor({0 / 0, math.huge, -math.huge, 0.0}):exp():totable()
   assert(special[1] ~= special[1] and special[2] == math.huge and special[3] == 0 and special[4] == 1)
+  -- tanh, log, sin, cos (vectorised, vecmath.h) over wide ranges: within
+  -- 1.5 ulp (3 ulp relative tolerance, as the values of w round to f32)
+  local function tanh_ref(v)
+    if math.abs(v) < 1e-3 then return v - v ^ 3 / 3 + 2 * v ^ 5 / 15 end
+    if math.abs(v) > 20 then return v > 0 and 1 or -1 end
+    local e = math.exp(2 * v)
+    return (e - 1) / (e + 1)
+  end
+  local small = sere.linspace(-0.7, 0.7, 20001) -- the polynomial branch and its edge at 0.55
+  check(small:tanh(), tanh_ref, {small}, 0, 3.6e-7, "tanh near 0")
+  check(w:tanh(), tanh_ref, {w}, 0, 3.6e-7, "tanh range")
+  local tiny = sere.tensor({1e-30, -1e-30, 1e-40, 3e-8})
+  check(tiny:tanh(), tanh_ref, {tiny}, 0, 1.2e-7, "tanh of tiny values")
+  local pos = sere.linspace(-30, 30, 20000):exp() -- 1e-13 .. 1e13
+  check(pos:log(), math.log, {pos}, 1e-6, 1.8e-7, "log range")
+  local edges = sere.tensor({1e-40, 1.0, 2.0 ^ -126}) -- a subnormal, 1, the smallest normal
+  check(edges:log(), math.log, {edges}, 0, 1.8e-7, "log edges")
+  local angles = sere.linspace(-1e5, 1e5, 20001)
+  check(angles:sin(), math.sin, {angles}, 1e-7, 1.2e-7, "sin range")
+  check(angles:cos(), math.cos, {angles}, 1e-7, 1.2e-7, "cos range")
+  local big = sere.tensor({1e6, -3e7, 1e30, 2.0 ^ 20, 3.1415927})
+  check(big:sin(), math.sin, {big}, 1e-7, 1.2e-7, "sin of large angles")
+  check(big:cos(), math.cos, {big}, 1e-7, 1.2e-7, "cos of large angles")
+  local in_place = big:clone()
+  in_place:sin_() -- reads the large angles again after the vectorised pass
+  T.eq(in_place, big:sin(), "sin_ of large angles")
+  -- erf: its Taylor series in double (1e-10 absolute below 4; beyond, erf
+  -- is 1 to f32 precision), within 2 ulp
+  local function erf_ref(v)
+    if math.abs(v) >= 4 then return v > 0 and 1 or -1 end
+    local term, sum, k = v, v, 0
+    repeat
+      k = k + 1
+      term = -term * v * v / k
+      sum = sum + term / (2 * k + 1)
+    until math.abs(term) <= 1e-17 * math.abs(sum)
+    return 2 / math.sqrt(math.pi) * sum
+  end
+  local e = sere.linspace(-5, 5, 20001)
+  check(e:erf(), erf_ref, {e}, 1e-30, 2.4e-7, "erf range")
+  check(tiny:erf(), erf_ref, {tiny}, 1e-44, 2.4e-7, "erf of tiny values")
+  local nan, inf = 0 / 0, math.huge
+  local s = sere.tensor({nan, inf, -inf, 0.0, -0.0, -1.0})
+  local th, lg, sn, cs = s:tanh():totable(), s:log():totable(), s:sin():totable(), s:cos():totable()
+  assert(th[1] ~= th[1] and th[2] == 1 and th[3] == -1 and th[4] == 0 and 1 / th[5] == -inf, "tanh specials")
+  assert(lg[1] ~= lg[1] and lg[2] == inf and lg[3] ~= lg[3] and lg[4] == -inf and lg[5] == -inf and lg[6] ~= lg[6],
+         "log specials")
+  assert(sn[1] ~= sn[1] and sn[2] ~= sn[2] and sn[3] ~= sn[3] and 1 / sn[5] == -inf and cs[4] == 1, "sin/cos specials")
   -- half to even, like torch.round
   local r = sere.tensor({0.5, 1.5, 2.5, -0.5, -1.5, 2.4, 2.6, -2.6}):round():totable()
   local want = {0, 2, 2, 0, -2, 2, 3, -3}
