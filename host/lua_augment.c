@@ -11,6 +11,7 @@
  * crop=} naming the per-crop stream the data loader uses. */
 #include <string.h>
 
+#include "lua_augment.h"
 #include "lua_tensor.h"
 #include "ops/augment.h"
 #include "ops/ops.h"
@@ -241,8 +242,9 @@ static int l_sample_crop(lua_State *L) {
 }
 
 /* Recipe table -> struct; missing fields take the method's local-crop
- * values except scale and size, which are required. */
-static sere_crop_recipe check_recipe(lua_State *L, int idx, const char *op) {
+ * values except scale and size, which are required. Shared with the
+ * loader's bindings (lua_augment.h). */
+sere_crop_recipe sere_lua_check_crop_recipe(lua_State *L, int idx, const char *op) {
   luaL_checktype(L, idx, LUA_TTABLE);
   sere_crop_recipe rc;
   double size = field_num(L, idx, "size", 0, op);
@@ -309,7 +311,7 @@ static void push_params(lua_State *L, const sere_crop_params *p) {
 static int l_sample_params(lua_State *L) {
   const char *op = "augment_sample_params";
   int w = (int)check_int(L, 1, op, "w", 1, SERE_IMAGE_MAX_SIDE), h = (int)check_int(L, 2, op, "h", 1, SERE_IMAGE_MAX_SIDE);
-  sere_crop_recipe rc = check_recipe(L, 3, op);
+  sere_crop_recipe rc = sere_lua_check_crop_recipe(L, 3, op);
   lua_rng r = check_rng(L, 4, op);
   sere_crop_params p;
   sere_sample_crop_params(&rc, w, h, &r.rng, &p);
@@ -324,7 +326,7 @@ static int l_crop(lua_State *L) {
   lua_settop(L, 3);
   const char *op = "augment_crop";
   sere_image src = check_image(L, 1, op);
-  sere_crop_recipe rc = check_recipe(L, 2, op);
+  sere_crop_recipe rc = sere_lua_check_crop_recipe(L, 2, op);
   lua_rng r = check_rng(L, 3, op);
   sere_crop_params p;
   sere_sample_crop_params(&rc, src.w, src.h, &r.rng, &p);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "loader.h"
+#include "lua_augment.h"
 #include "lua_tensor.h"
 
 #define LOADER_MT "sere.Loader"
@@ -24,15 +25,6 @@ static const sere_dataset *check_dataset(lua_State *L, int idx, const char *op) 
   if (!p) luaL_error(L, "%s: argument #%d must be a Dataset (sere.dataset_scan / dataset_list)", op, idx);
   if (!*p) luaL_error(L, "%s: the dataset was already freed", op);
   return *p;
-}
-
-/* t[key] as a number, `def` when absent. */
-static double field_num(lua_State *L, int t, const char *key, double def, const char *op) {
-  int type = lua_getfield(L, t, key);
-  if (type != LUA_TNIL && type != LUA_TNUMBER) luaL_error(L, "%s: field '%s' must be a number", op, key);
-  double v = type == LUA_TNIL ? def : lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return v;
 }
 
 static int field_int(lua_State *L, int t, const char *key, lua_Integer def, lua_Integer lo, lua_Integer hi,
@@ -68,30 +60,6 @@ static int field_list(lua_State *L, int t, const char *key, double *out, int max
   return n;
 }
 
-/* A crop recipe table; fields as in sere.augment_crop (missing ones take
- * the method's local-crop values; size and scale are required). */
-static sere_crop_recipe check_recipe(lua_State *L, int t, const char *op) {
-  if (!lua_istable(L, t)) luaL_error(L, "%s: every crop recipe must be a table", op);
-  sere_crop_recipe rc;
-  double scale[2];
-  rc.size = field_int(L, t, "size", 0, 1, 4096, op);
-  if (field_list(L, t, "scale", scale, 2, op) != 2) luaL_error(L, "%s: recipe.scale must be {min, max}", op);
-  rc.scale_min = scale[0];
-  rc.scale_max = scale[1];
-  rc.p_flip = field_num(L, t, "p_flip", 0.5, op);
-  rc.p_jitter = field_num(L, t, "p_jitter", 0.8, op);
-  rc.brightness = field_num(L, t, "brightness", 0.4, op);
-  rc.contrast = field_num(L, t, "contrast", 0.4, op);
-  rc.saturation = field_num(L, t, "saturation", 0.2, op);
-  rc.hue = field_num(L, t, "hue", 0.1, op);
-  rc.p_gray = field_num(L, t, "p_gray", 0.2, op);
-  rc.p_blur = field_num(L, t, "p_blur", 0.5, op);
-  rc.sigma_min = field_num(L, t, "sigma_min", 0.1, op);
-  rc.sigma_max = field_num(L, t, "sigma_max", 2.0, op);
-  rc.p_solarize = field_num(L, t, "p_solarize", 0, op);
-  return rc;
-}
-
 /* The crops listed in pipeline[key] into out; returns their count. */
 static int check_crops(lua_State *L, int t, const char *key, sere_crop_recipe *out, int max, const char *op) {
   int type = lua_getfield(L, t, key), n = 0;
@@ -100,7 +68,7 @@ static int check_crops(lua_State *L, int t, const char *key, sere_crop_recipe *o
     if (n > max) luaL_error(L, "%s: at most %d %s crops, got %d", op, max, key, n);
     for (int i = 0; i < n; i++) {
       lua_geti(L, -1, i + 1);
-      out[i] = check_recipe(L, lua_gettop(L), op);
+      out[i] = sere_lua_check_crop_recipe(L, lua_gettop(L), op);
       lua_pop(L, 1);
     }
   } else if (type != LUA_TNIL) {
