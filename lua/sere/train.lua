@@ -4,7 +4,7 @@
 -- logs, and writes a resumable checkpoint at the end of every epoch.
 --
 --   local train = require "sere.train"
---   local result = train.run(cfg)   -- cfg: see recipes/tiny.lua for every key
+--   local result = train.run(cfg)   -- cfg: see recipes/tiny_sere.lua for every key
 --
 -- A checkpoint is one safetensors file, output_dir/checkpoint.safetensors:
 -- tensors "student.module.<name>", "teacher.module.<name>" (the reference's
