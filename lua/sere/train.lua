@@ -175,7 +175,7 @@ end
 local METERS = {"loss", "cls", "patch", "loss_attn", "loss_attn_ffn", "total", "acc"}
 
 --- run(cfg) -> {student, teacher, losses, first_loss, last_loss, epoch}:
---- trains from cfg (every key is listed in recipes/tiny.lua), resuming from
+--- trains from cfg (every key is listed in recipes/tiny_sere.lua), resuming from
 --- output_dir/checkpoint.safetensors when it exists. losses[it + 1] is the
 --- total loss of global iteration it, for the iterations run in this call;
 --- first_loss / last_loss those of its first and last iteration. cfg.stop_after_epochs
