@@ -4,6 +4,8 @@
 --   T.skip("name", "reason")               -- counted and printed as skipped
 --   T.raises(fn, "pattern")                -- fn must raise an error matching pattern
 --   T.eq(a, b, what)  T.close(a, b, atol, rtol, what)   -- tensors or numbers
+--   T.leaf(t)                              -- a detached copy of t that requires grad
+--   T.write_file(path, bytes), T.read_file(path) -- whole binary files
 --   T.finish()                             -- prints "N passed, N failed, N skipped"
 -- Exit status: 1 if anything failed, 77 (ctest's "skipped") if everything
 -- was skipped, else 0.
@@ -52,6 +54,27 @@ function T.close(a, b, atol, rtol, what)
   elseif math.abs(a - b) > (atol or 1e-6) + (rtol or 1e-6) * math.abs(b) then
     error(string.format("%s: %.9g is not close to %.9g", what or "close", a, b), 2)
   end
+end
+
+--- A fresh leaf for gradient tests: a detached contiguous copy of t that
+--- requires grad (the original is never modified or aliased).
+function T.leaf(t)
+  t = t:detach():clone()
+  t.requires_grad = true
+  return t
+end
+
+function T.write_file(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+function T.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
 end
 
 function T.finish()

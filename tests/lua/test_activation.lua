@@ -12,7 +12,7 @@ local ref = sere.io.load("tests/data/ops/activation.safetensors")
 -- within 3 ulp (activation.c), i.e. a relative error of at most 3 * 2^-23.
 local ULP3 = 3 * 2 ^ -23
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 
 -- Runs fn on a copy of x that requires grad and back-propagates g.
 local function run(fn, x, g)

@@ -33,11 +33,7 @@ local function close(got, want, tol, rtol, what)
   sere.testing.assert_close(got, want, tol * math.max(maxabs(want), 1), rtol, what)
 end
 
-local function leaf(t)
-  t = t:detach():contiguous()
-  t.requires_grad = true
-  return t
-end
+local leaf = T.leaf
 
 -- The same values as tests/reference/ops_attention.py's hashed(): exact in
 -- double, rounded once to f32.

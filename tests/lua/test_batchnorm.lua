@@ -13,7 +13,7 @@ local ref, meta = sere.io.load("tests/data/ops/batchnorm.safetensors")
 -- gradients sum over up to 40 values per channel.
 local ATOL, RTOL = 1e-5, 1e-5
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 
 -- Runs case c with x transformed by `view`; returns y, the leaves and the
 -- running statistics (copies, updated in place by the call).

@@ -31,12 +31,7 @@ local photos = {
 }
 local function file(name) return dir .. name .. "." .. photos[name][1] end
 
-local function read(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = T.read_file
 local base = os.tmpname()
 local made = {base}
 local function tmp(suffix)
@@ -44,11 +39,7 @@ local function tmp(suffix)
   made[#made + 1] = p
   return p
 end
-local function write(p, bytes)
-  local f = assert(io.open(p, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write = T.write_file
 
 local function channel_sums(img) return img:long():view(-1, 3):sum(1):totable() end
 

@@ -17,7 +17,7 @@ local gradcheck = sere.testing.gradcheck
 local TOL = 1e-5
 local ref = sere.io.load("tests/data/ops/grid_sample.safetensors")
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 
 -- method.md 6.2 in Lua doubles.
 local function sample_lua(input, grid)

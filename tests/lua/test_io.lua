@@ -14,17 +14,8 @@ local function tmp(name)
   made[#made + 1] = p
   return p
 end
-local function write(p, bytes)
-  local f = assert(io.open(p, "wb"))
-  f:write(bytes)
-  f:close()
-end
-local function read(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local write = T.write_file
+local read = T.read_file
 local function exists(p)
   local f = io.open(p, "rb")
   if f then f:close() end

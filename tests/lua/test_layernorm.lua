@@ -13,7 +13,7 @@ local ref, meta = sere.io.load("tests/data/ops/layernorm.safetensors")
 -- deviation) it would not; with E[x^2] - mean^2 it would be off by percents.
 local ATOL, RTOL = 1e-5, 1e-5
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 
 -- layer_norm of case c with x transformed by `view` (identity by default),
 -- back-propagating c.g; returns y and the leaves.

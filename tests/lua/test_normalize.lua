@@ -11,7 +11,7 @@ local ref, meta = sere.io.load("tests/data/ops/normalize.safetensors")
 -- f32 against float64 references of magnitude <= 1 (y) and O(1) (grad).
 local ATOL, RTOL = 1e-6, 1e-5
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 
 local function run(x, dim, eps, g)
   local xl = leaf(x)

@@ -13,7 +13,7 @@ local gradcheck = sere.testing.gradcheck
 local TOL = 1e-5
 local ref, meta = sere.io.load("tests/data/ops/patch_embed.safetensors")
 
-local function leaf(t) t = t:clone(); t.requires_grad = true; return t end
+local leaf = T.leaf
 local function rnd(...) return leaf(sere.randn(...)) end
 
 -- y[b][d][i][j] = bias[d] + sum_{c,ky,kx} w[d][c][ky][kx] x[b][c][i*p+ky][j*p+kx], in Lua doubles.
