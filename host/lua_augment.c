@@ -130,26 +130,17 @@ static int l_resize(lua_State *L) {
   return 1;
 }
 
-static int l_hflip(lua_State *L) {
+/* A copy of the image at 1 with an in-place op applied. */
+static int copy_and_apply(lua_State *L, const char *op, void (*apply)(sere_image *)) {
   lua_settop(L, 1);
-  sere_image out = push_copy(L, check_image(L, 1, "augment_hflip"));
-  sere_hflip(&out);
+  sere_image out = push_copy(L, check_image(L, 1, op));
+  apply(&out);
   return 1;
 }
 
-static int l_grayscale(lua_State *L) {
-  lua_settop(L, 1);
-  sere_image out = push_copy(L, check_image(L, 1, "augment_grayscale"));
-  sere_grayscale(&out);
-  return 1;
-}
-
-static int l_solarize(lua_State *L) {
-  lua_settop(L, 1);
-  sere_image out = push_copy(L, check_image(L, 1, "augment_solarize"));
-  sere_solarize(&out);
-  return 1;
-}
+static int l_hflip(lua_State *L) { return copy_and_apply(L, "augment_hflip", sere_hflip); }
+static int l_grayscale(lua_State *L) { return copy_and_apply(L, "augment_grayscale", sere_grayscale); }
+static int l_solarize(lua_State *L) { return copy_and_apply(L, "augment_solarize", sere_solarize); }
 
 static int l_blur(lua_State *L) {
   lua_settop(L, 2);

@@ -11,19 +11,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "ops/ops.h"
 #include "tensor.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (cond) passed++;                                                    \
-    else {                                                                 \
-      failed++;                                                            \
-      fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);      \
-    }                                                                      \
-  } while (0)
 
 #define B 6
 #define C 3
@@ -199,6 +190,5 @@ static void test_failures_and_eval(void) {
 int main(void) {
   test_two_ranks_match_one_batch();
   test_failures_and_eval();
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
+  return check_summary();
 }

@@ -7,19 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "ops/ops.h"
 #include "tensor.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (cond) passed++;                                                    \
-    else {                                                                 \
-      failed++;                                                            \
-      fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);      \
-    }                                                                      \
-  } while (0)
 
 static uint32_t f32_bits(float f) {
   uint32_t u;
@@ -257,6 +248,5 @@ int main(void) {
   test_dtype_names();
   test_wrap_dim();
   test_tensor_new_errors();
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
+  return check_summary();
 }
