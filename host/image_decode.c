@@ -63,15 +63,12 @@ static int jpeg_header(tjhandle tj, const void *data, size_t len, const char *na
   return check_size(name, *w, *h);
 }
 
-/* The smallest 1/d scale that keeps the crop at least as large as the output. */
-static tjscalingfactor pick_scale(const sere_decode_hint *hint) {
-  tjscalingfactor best = {1, 1};
+int sere_decode_denom(const sere_decode_hint *hint) {
+  int best = 1;
   if (!hint || hint->out_w <= 0 || hint->out_h <= 0) return best;
-  int n;
-  tjscalingfactor *f = tjGetScalingFactors(&n);
-  for (int i = 0; f && i < n; i++) {
-    if (f[i].num != 1 || f[i].denom > 8 || f[i].denom <= best.denom) continue;
-    if (TJSCALED(hint->crop_w, f[i]) >= hint->out_w && TJSCALED(hint->crop_h, f[i]) >= hint->out_h) best = f[i];
+  for (int d = 2; d <= 8; d *= 2) {
+    tjscalingfactor f = {1, d};
+    if (TJSCALED(hint->crop_w, f) >= hint->out_w && TJSCALED(hint->crop_h, f) >= hint->out_h) best = d;
   }
   return best;
 }
@@ -87,11 +84,11 @@ static void cmyk_to_rgb(uint8_t *px, int64_t n) {
   }
 }
 
-static int decode_jpeg(tjhandle tj, const void *data, size_t len, const char *name, const sere_decode_hint *hint,
-                       sere_image *out, int *denom) {
+static int decode_jpeg(tjhandle tj, const void *data, size_t len, const char *name, int denom, sere_image *out,
+                       int *used) {
   int w, h, cs;
   if (jpeg_header(tj, data, len, name, &w, &h, &cs)) return -1;
-  tjscalingfactor sf = pick_scale(hint);
+  tjscalingfactor sf = {1, denom};
   int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
   int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
   uint8_t *px = malloc((size_t)sw * sh * (cmyk ? 4 : 3));
@@ -111,7 +108,7 @@ static int decode_jpeg(tjhandle tj, const void *data, size_t len, const char *na
   out->w = sw;
   out->h = sh;
   out->px = px;
-  if (denom) *denom = sf.denom;
+  if (used) *used = denom;
   return 0;
 }
 
@@ -217,11 +214,14 @@ int sere_image_probe(const void *data, size_t len, const char *name, sere_image_
   return rc;
 }
 
-int sere_image_decode(const void *data, size_t len, const char *name, const sere_decode_hint *hint,
-                      sere_image *out, int *denom) {
+int sere_image_decode_scaled(const void *data, size_t len, const char *name, int denom, sere_image *out, int *used) {
   out->w = out->h = 0;
   out->px = NULL;
-  if (denom) *denom = 1;
+  if (used) *used = 1;
+  if (denom != 1 && denom != 2 && denom != 4 && denom != 8) {
+    sere_fail("%s: the scale denominator must be 1, 2, 4 or 8, got %d", name, denom);
+    return -1;
+  }
   sere_image_format f = sere_image_sniff(data, len);
   if (f == SERE_IMAGE_PNG) {
     int w, h;
@@ -230,14 +230,19 @@ int sere_image_decode(const void *data, size_t len, const char *name, const sere
   if (f != SERE_IMAGE_JPEG) return unknown_format(name, len);
   tjhandle tj = tjInitDecompress();
   if (!tj) return fail("%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
-  int rc = decode_jpeg(tj, data, len, name, hint, out, denom);
+  int rc = decode_jpeg(tj, data, len, name, denom, out, used);
   tjDestroy(tj);
   return rc;
 }
 
-int sere_image_read_file(const char *path, const sere_decode_hint *hint, sere_image *out, int *denom) {
-  out->w = out->h = 0;
-  out->px = NULL;
+int sere_image_decode(const void *data, size_t len, const char *name, const sere_decode_hint *hint,
+                      sere_image *out, int *denom) {
+  return sere_image_decode_scaled(data, len, name, sere_decode_denom(hint), out, denom);
+}
+
+int sere_file_read(const char *path, uint8_t **data, size_t *len) {
+  *data = NULL;
+  *len = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return fail("%s: cannot open: %s", path, strerror(errno));
   struct stat st;
@@ -251,19 +256,22 @@ int sere_image_read_file(const char *path, const sere_decode_hint *hint, sere_im
               SERE_IMAGE_MAX_FILE_BYTES);
     return -1;
   }
-  size_t len = (size_t)st.st_size;
-  uint8_t *buf = malloc(len ? len : 1);
+  size_t n = (size_t)st.st_size;
+  uint8_t *buf = malloc(n ? n : 1);
   if (!buf) {
     fclose(f);
     return fail("%s: out of memory reading the file%s", path, "");
   }
-  size_t got = fread(buf, 1, len, f);
+  size_t got = fread(buf, 1, n, f);
   int err = ferror(f);
   fclose(f);
-  int rc = err || got != len ? fail("%s: read error: %s", path, strerror(errno))
-                             : sere_image_decode(buf, len, path, hint, out, denom);
-  free(buf);
-  return rc;
+  if (err || got != n) {
+    free(buf);
+    return fail("%s: read error: %s", path, err ? strerror(errno) : "the file changed size");
+  }
+  *data = buf;
+  *len = n;
+  return 0;
 }
 
 /* ---- PNG writer ------------------------------------------------------ */

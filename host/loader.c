@@ -9,7 +9,15 @@
  * by the consumer (the Lua thread): when batch k is taken, the slot is
  * refilled with fresh tensors for batch k + depth before the workers may
  * claim its samples. Every sample writes disjoint bytes, so the result does
- * not depend on which worker made it. */
+ * not depend on which worker made it. An epoch started at batch k simply
+ * begins there: batches before k are never queued, their samples never
+ * claimed. Each worker keeps its scratch memory (sere_sample_scratch) for
+ * the whole epoch, so the image ops allocate nothing per crop.
+ *
+ * One sample: read the file, draw every crop's parameters from the header's
+ * size, decode (at the DCT scale the boxes allow), transpose the image once
+ * when the crop boxes together cover more than it (each resize then reads
+ * its box's columns directly), run the crops, then masks and grids. */
 #include "loader.h"
 
 #include <pthread.h>
@@ -175,19 +183,65 @@ static void badset_add(sere_badset *s, int64_t i, const char *why) {
   pthread_mutex_unlock(&s->mu);
 }
 
-/* Decodes sample `index`, or the first decodable one after it (mod n). */
-static int decode_sample(const sere_dataset *ds, int64_t index, sere_badset *bad, sere_image *img, int64_t *used) {
+/* ---- one sample ----------------------------------------------------------- */
+
+void sere_sample_scratch_free(sere_sample_scratch *ws) {
+  sere_scratch_free(&ws->ops);
+  sere_scratch_free(&ws->crops);
+  sere_scratch_free(&ws->transposed);
+}
+
+static const sere_crop_recipe *crop_recipe(const sere_pipeline *p, int c) {
+  return c < p->n_global ? &p->global[c] : &p->local[c - p->n_global];
+}
+
+/* The largest DCT scale denominator d (1, 2, 4, 8) for which every crop box
+ * is at least d times its output size. */
+static int crop_denom(const sere_pipeline *p, const sere_crop_params *cp) {
+  int d = 8;
+  for (int c = 0; c < p->n_global + p->n_local && d > 1; c++) {
+    int size = crop_recipe(p, c)->size;
+    while (d > 1 && (cp[c].box.w < d * size || cp[c].box.h < d * size)) d /= 2;
+  }
+  return d;
+}
+
+/* Reads and decodes file j for the crops of sample `index`: draws every
+ * crop's parameters (cp) from the full-resolution size, then decodes at
+ * the scale they allow. 0, or -1 with an error naming the file. */
+static int decode_file(const sere_dataset *ds, int64_t j, int64_t index, uint64_t epoch, uint64_t seed,
+                       const sere_pipeline *p, sere_image *img, int *denom, sere_crop_params *cp) {
   char path[4096];
+  if (sere_dataset_path(ds, j, path, sizeof path) >= sizeof path) {
+    sere_fail("%.500s...: path too long", sere_dataset_rel_path(ds, j));
+    return -1;
+  }
+  uint8_t *data;
+  size_t len;
+  if (sere_file_read(path, &data, &len)) return -1;
+  sere_image_format format;
+  int w, h, rc = sere_image_probe(data, len, path, &format, &w, &h);
+  if (rc == 0) {
+    for (int c = 0; c < p->n_global + p->n_local; c++) {
+      sere_rng r;
+      sere_rng_for_crop(&r, seed, epoch, (uint64_t)index, (uint32_t)c);
+      sere_sample_crop_params(crop_recipe(p, c), w, h, &r, &cp[c]);
+    }
+    int d = p->dct_scaling && format == SERE_IMAGE_JPEG ? crop_denom(p, cp) : 1;
+    rc = sere_image_decode_scaled(data, len, path, d, img, denom);
+  }
+  free(data);
+  return rc;
+}
+
+/* Decodes sample `index`, or the first decodable file after it (mod n),
+ * whose index goes to *used. */
+static int decode_sample(const sere_dataset *ds, int64_t index, uint64_t epoch, uint64_t seed, const sere_pipeline *p,
+                         sere_badset *bad, sere_image *img, int *denom, sere_crop_params *cp, int64_t *used) {
   for (int64_t k = 0; k < ds->count; k++) {
     int64_t j = (index + k) % ds->count;
     if (badset_has(bad, j)) continue;
-    if (sere_dataset_path(ds, j, path, sizeof path) >= sizeof path) {
-      char why[600];
-      snprintf(why, sizeof why, "%.500s...: path too long", sere_dataset_rel_path(ds, j));
-      badset_add(bad, j, why);
-      continue;
-    }
-    if (sere_image_read_file(path, NULL, img, NULL) == 0) {
+    if (decode_file(ds, j, index, epoch, seed, p, img, denom, cp) == 0) {
       *used = j;
       return 0;
     }
@@ -196,8 +250,6 @@ static int decode_sample(const sere_dataset *ds, int64_t index, sere_badset *bad
   sere_fail("loader: none of the %lld files of the dataset '%s' can be decoded", (long long)ds->count, ds->root);
   return -1;
 }
-
-/* ---- one sample ----------------------------------------------------------- */
 
 static void write_masks(const sere_pipeline *p, uint64_t seed, uint64_t epoch, int64_t index, sere_batch *bt,
                         int64_t slot) {
@@ -227,53 +279,50 @@ static void write_gg(const double maps[][5], int G, int S, sere_tensor *t, int64
 }
 
 int sere_sample_make(const sere_dataset *ds, int64_t index, uint64_t epoch, uint64_t seed, const sere_pipeline *p,
-                     sere_badset *bad, sere_batch *bt, int64_t slot) {
-  sere_image img = {0};
-  int64_t used;
-  if (decode_sample(ds, index, bad, &img, &used)) return -1;
+                     sere_badset *bad, sere_sample_scratch *ws, sere_batch *bt, int64_t slot) {
   int G = p->n_global, L = p->n_local, sg = p->global[0].size, sl = L ? p->local[0].size : 0;
   int smax = p->overlap[0] > p->overlap[1] ? p->overlap[0] : p->overlap[1];
-  int64_t B = bt->size;
-  uint8_t *crop = malloc((size_t)3 * sg * sg + (size_t)3 * sl * sl);
-  float *scratch = malloc((size_t)smax * smax * 2 * sizeof(float));
-  if (!crop || !scratch) {
-    free(crop);
-    free(scratch);
+  size_t crop_bytes = (size_t)3 * (sg > sl ? sg : sl) * (sg > sl ? sg : sl);
+  uint8_t *crop = sere_scratch_reserve(&ws->crops, crop_bytes + (size_t)smax * smax * 2 * sizeof(float), "loader");
+  if (!crop) return -1;
+  float *grid_scratch = (float *)(crop + (crop_bytes + 3) / 4 * 4);
+  sere_image img = {0};
+  sere_crop_params cp[SERE_MAX_GLOBAL + SERE_MAX_LOCAL];
+  int denom;
+  int64_t used, B = bt->size;
+  if (decode_sample(ds, index, epoch, seed, p, bad, &img, &denom, cp, &used)) return -1;
+  /* Every crop's resize reads its box transposed: when the boxes cover
+   * more than the image, transpose the whole image once instead. */
+  sere_crop_source src = {img, denom, NULL};
+  double box_area = 0;
+  for (int c = 0; c < G + L; c++) box_area += (double)cp[c].box.w * cp[c].box.h / ((double)denom * denom);
+  if (box_area > (double)img.w * img.h && sere_crop_source_transpose(&src, &ws->transposed)) {
     sere_image_free(&img);
-    sere_fail("loader: out of memory for the crop buffers");
     return -1;
   }
   double maps[SERE_MAX_GLOBAL + SERE_MAX_LOCAL][5];
   float *mapping_out = sere_data(bt->mappings);
-  int rc = 0;
-  for (int c = 0; c < G + L && rc == 0; c++) {
-    const sere_crop_recipe *recipe = c < G ? &p->global[c] : &p->local[c - G];
-    sere_rng r;
-    sere_crop_params cp;
-    sere_rng_for_crop(&r, seed, epoch, (uint64_t)index, (uint32_t)c);
-    sere_sample_crop_params(recipe, img.w, img.h, &r, &cp);
-    rc = sere_augment_crop(&img, recipe, &cp, crop);
+  for (int c = 0; c < G + L; c++) {
+    const sere_crop_recipe *recipe = crop_recipe(p, c);
+    if (sere_augment_crop(&src, recipe, &cp[c], &ws->ops, crop)) {
+      sere_image_free(&img);
+      return -1;
+    }
     sere_image out = {recipe->size, recipe->size, crop};
     size_t plane = (size_t)3 * recipe->size * recipe->size;
     float *dst = c < G ? (float *)sere_data(bt->global) + (c * B + slot) * plane
                        : (float *)sere_data(bt->local) + ((c - G) * B + slot) * plane;
-    if (rc == 0) sere_normalize_to_chw(&out, p->mean, p->std, dst);
-    double m[5] = {cp.box.x, cp.box.y, cp.box.w, cp.box.h, cp.flip ? 1 : 0};
+    sere_normalize_to_chw(&out, p->mean, p->std, dst);
+    double m[5] = {cp[c].box.x, cp[c].box.y, cp[c].box.w, cp[c].box.h, cp[c].flip ? 1 : 0};
     for (int k = 0; k < 5; k++) {
       maps[c][k] = m[k];
       mapping_out[(c * B + slot) * 5 + k] = (float)m[k];
     }
   }
   sere_image_free(&img);
-  free(crop);
-  if (rc) {
-    free(scratch);
-    return -1;
-  }
   write_masks(p, seed, epoch, index, bt, slot);
-  write_gg(maps, G, p->overlap[0], bt->gg_rows, B, slot, scratch);
-  write_gg(maps, G, p->overlap[1], bt->gg_cols, B, slot, scratch);
-  free(scratch);
+  write_gg(maps, G, p->overlap[0], bt->gg_rows, B, slot, grid_scratch);
+  write_gg(maps, G, p->overlap[1], bt->gg_cols, B, slot, grid_scratch);
   size_t per = (size_t)p->lg_size * p->lg_size * 2;
   for (int g = 0; g < G; g++)
     for (int l = 0; l < L; l++) {
@@ -378,6 +427,7 @@ static int64_t batch_size_of(const sere_loader *ld, int64_t k) {
 static void *worker(void *arg) {
   sere_loader *ld = arg;
   int64_t B = ld->o.batch_size;
+  sere_sample_scratch ws = {0};
   pthread_mutex_lock(&ld->mu);
   while (!ld->stop && ld->next_sample < ld->nsamples) {
     int64_t s = ld->next_sample, k = s / B;
@@ -388,7 +438,7 @@ static void *worker(void *arg) {
     ld->next_sample++;
     sere_batch *bt = &ld->slots[k % ld->o.depth];
     pthread_mutex_unlock(&ld->mu);
-    int rc = sere_sample_make(ld->ds, ld->idx[s], ld->epoch, ld->o.seed, &ld->p, ld->bad, bt, s - k * B);
+    int rc = sere_sample_make(ld->ds, ld->idx[s], ld->epoch, ld->o.seed, &ld->p, ld->bad, &ws, bt, s - k * B);
     pthread_mutex_lock(&ld->mu);
     if (rc && !ld->failed) {
       ld->failed = ld->stop = 1;
@@ -399,6 +449,7 @@ static void *worker(void *arg) {
     pthread_cond_broadcast(&ld->ready);
   }
   pthread_mutex_unlock(&ld->mu);
+  sere_sample_scratch_free(&ws);
   return NULL;
 }
 
@@ -422,8 +473,14 @@ void sere_loader_stop(sere_loader *ld) {
   ld->running = 0;
 }
 
-int sere_loader_start(sere_loader *ld, uint64_t epoch) {
+int sere_loader_start(sere_loader *ld, uint64_t epoch, int64_t first_batch) {
   sere_loader_stop(ld);
+  int64_t nbatches = sere_loader_num_batches(ld);
+  if (first_batch < 0 || first_batch > nbatches) {
+    sere_fail("loader: the first batch %lld is not in [0, %lld] (batches per epoch)", (long long)first_batch,
+              (long long)nbatches);
+    return -1;
+  }
   int64_t per = sere_loader_indices(ld, epoch, NULL), depth = ld->o.depth;
   ld->idx = malloc((size_t)per * sizeof *ld->idx);
   ld->slots = calloc((size_t)depth, sizeof *ld->slots);
@@ -440,20 +497,21 @@ int sere_loader_start(sere_loader *ld, uint64_t epoch) {
     return -1;
   }
   ld->epoch = epoch;
-  ld->nbatches = sere_loader_num_batches(ld);
+  ld->nbatches = nbatches;
   ld->nsamples = ld->o.drop_last ? ld->nbatches * ld->o.batch_size : per;
-  ld->next_sample = ld->consumed = 0;
+  ld->consumed = first_batch;
+  ld->next_sample = first_batch * ld->o.batch_size;
   ld->stop = ld->failed = 0;
-  for (int64_t k = 0; k < depth && k < ld->nbatches; k++)
-    if (sere_batch_alloc(&ld->slots[k], &ld->p, batch_size_of(ld, k))) {
+  for (int64_t k = first_batch; k < first_batch + depth && k < ld->nbatches; k++)
+    if (sere_batch_alloc(&ld->slots[k % depth], &ld->p, batch_size_of(ld, k))) {
       sere_loader_stop(ld);
       return -1;
     }
-  for (int i = 0; i < ld->o.threads && i < ld->nsamples; i++) {
+  for (int i = 0; i < ld->o.threads && i < ld->nsamples - ld->next_sample; i++) {
     if (pthread_create(&ld->threads[i], NULL, worker, ld)) break;
     ld->nthreads++;
   }
-  if (ld->nsamples > 0 && ld->nthreads == 0) {
+  if (ld->nsamples > ld->next_sample && ld->nthreads == 0) {
     sere_loader_stop(ld);
     sere_fail("loader: cannot start a worker thread");
     return -1;

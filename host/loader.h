@@ -11,7 +11,20 @@
  * sere_rng_int(0, i)) on the stream of (seed, epoch, sample 2^40 - 1,
  * crop 0), a sample index no dataset reaches. Nothing depends on the
  * thread or on the rank that draws it, so batches are byte-identical for
- * any thread count.
+ * any thread count, and an epoch started mid-way (sere_loader_start's
+ * first_batch) hands out exactly the batches the whole epoch would from
+ * there on.
+ *
+ * DCT-domain scaling. A sample draws every crop's parameters from the
+ * full-resolution size in the JPEG header before decoding; when every crop
+ * box is at least d times its output size in both directions (d = 2, 4 or
+ * 8, the largest that fits), the JPEG is decoded at 1/d of its size
+ * (TurboJPEG's DCT scaling) and the boxes are read from the small image
+ * (sere_resize_bicubic with denom d). The random draws, the boxes and the
+ * mappings are those of a full-size decode; the pixels differ slightly
+ * (TurboJPEG's reduced IDCT is not Pillow's decode plus bicubic
+ * antialiasing). sere_pipeline.dct_scaling = 0 turns it off: every image
+ * is then decoded at full size and the crops are Pillow's byte for byte.
  *
  * Bad files. A sample whose file fails to decode is replaced by sample
  * (index + k) mod n for the smallest k >= 1 that decodes (its label goes
@@ -56,6 +69,7 @@ typedef struct sere_pipeline {
   int mask_rand;         /* 0: block masks, 1: "rand" masks */
   int mask_start_epoch;  /* epochs below it get empty masks */
   float mean[3], std[3]; /* normalisation */
+  int dct_scaling;       /* 1: decode JPEGs at 1/d when every crop allows (above) */
 } sere_pipeline;
 
 /* 0, or -1 with an error naming the first inconsistent field. */
@@ -77,11 +91,20 @@ sere_badset *sere_badset_new(int64_t count);
 void sere_badset_free(sere_badset *s);
 int64_t sere_badset_count(sere_badset *s);
 
+/* Memory that one thread reuses from sample to sample: zero-initialise,
+ * then sere_sample_scratch_free when done. */
+typedef struct sere_sample_scratch {
+  sere_scratch ops;        /* the image ops' */
+  sere_scratch crops;      /* one crop's pixels and a grid */
+  sere_scratch transposed; /* the decoded image, transposed */
+} sere_sample_scratch;
+void sere_sample_scratch_free(sere_sample_scratch *ws);
+
 /* Makes sample `index` of `ds` for (seed, epoch) and writes it into slot
  * `slot` of `bt`, recording bad files in `bad` (a set for ds->count files).
  * 0, or -1 with an error (e.g. no file of the dataset decodes). */
 int sere_sample_make(const sere_dataset *ds, int64_t index, uint64_t epoch, uint64_t seed, const sere_pipeline *p,
-                     sere_badset *bad, sere_batch *bt, int64_t slot);
+                     sere_badset *bad, sere_sample_scratch *ws, sere_batch *bt, int64_t slot);
 
 /* ---- the threaded loader ------------------------------------------------ */
 typedef struct sere_loader_opts {
@@ -109,8 +132,11 @@ int64_t sere_loader_indices(const sere_loader *ld, uint64_t epoch, int64_t *idx)
 int64_t sere_loader_num_batches(const sere_loader *ld);
 int64_t sere_loader_bad_count(const sere_loader *ld);
 
-/* Starts an epoch (abandoning a running one): 0 or -1. */
-int sere_loader_start(sere_loader *ld, uint64_t epoch);
+/* Starts an epoch (abandoning a running one) at batch `first_batch`
+ * (0-based, 0 .. num_batches): the batches handed out are those of the
+ * whole epoch from that one on, byte for byte, and the samples of the
+ * batches before it are never made. 0 or -1. */
+int sere_loader_start(sere_loader *ld, uint64_t epoch, int64_t first_batch);
 /* Waits for the next batch of the epoch and moves its tensors into `out`.
  * Returns 1 with a batch, 0 at the end of the epoch (workers joined), -1
  * with an error (the epoch is then stopped). */

@@ -105,12 +105,16 @@ static void finish_rng(lua_rng *r) {
   if (r->gen) r->gen->offset = r->rng.next_block;
 }
 
-/* sere.augment_resize(img, box_or_nil, out_w, out_h) */
+/* sere.augment_resize(img, box_or_nil, out_w, out_h[, denom]): with denom
+ * d > 1, img holds an image decoded at 1/d of its size (sere.image_load with
+ * a hint) and box is in full-resolution pixels (see sere_resize_bicubic). */
 static int l_resize(lua_State *L) {
-  lua_settop(L, 4);
+  lua_settop(L, 5);
   const char *op = "augment_resize";
+  int denom = lua_isnil(L, 5) ? 1 : (int)check_int(L, 5, op, "denom", 1, 8);
+  if (denom & (denom - 1)) return luaL_error(L, "%s: denom must be 1, 2, 4 or 8, got %d", op, denom);
   sere_image src = check_image(L, 1, op);
-  sere_box box = {0, 0, src.w, src.h};
+  sere_box box = {0, 0, src.w * denom, src.h * denom};
   if (!lua_isnil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     int *v[4] = {&box.x, &box.y, &box.w, &box.h};
@@ -122,11 +126,15 @@ static int l_resize(lua_State *L) {
   }
   int ow = (int)check_int(L, 3, op, "out_w", 1, SERE_IMAGE_MAX_SIDE);
   int oh = (int)check_int(L, 4, op, "out_h", 1, SERE_IMAGE_MAX_SIDE);
-  if (box.w < 1 || box.h < 1 || box.x + box.w > src.w || box.y + box.h > src.h)
+  if (box.w < 1 || box.h < 1 || box.x + box.w > src.w * denom || box.y + box.h > src.h * denom)
     return luaL_error(L, "%s: box {x=%d, y=%d, w=%d, h=%d} is not inside the %dx%d (w x h) image", op, box.x, box.y,
-                      box.w, box.h, src.w, src.h);
+                      box.w, box.h, src.w * denom, src.h * denom);
   sere_image out = push_image(L, ow, oh);
-  if (sere_resize_bicubic(&src, box, ow, oh, out.px)) return sere_lua_raise(L);
+  sere_scratch ws = {0};
+  sere_crop_source source = {src, denom, NULL};
+  int rc = sere_resize_bicubic(&source, box, ow, oh, 0, &ws, out.px);
+  sere_scratch_free(&ws);
+  if (rc) return sere_lua_raise(L);
   return 1;
 }
 
@@ -148,7 +156,10 @@ static int l_blur(lua_State *L) {
   double sigma = check_num(L, 2, "augment_blur", "sigma");
   if (!(sigma >= 0 && sigma <= 1e4)) return luaL_error(L, "augment_blur: sigma must be in [0, 1e4], got %f", sigma);
   sere_image out = push_copy(L, src);
-  if (sere_gaussian_blur(&out, sigma)) return sere_lua_raise(L);
+  sere_scratch ws = {0};
+  int rc = sere_gaussian_blur(&out, sigma, &ws);
+  sere_scratch_free(&ws);
+  if (rc) return sere_lua_raise(L);
   return 1;
 }
 
@@ -323,7 +334,11 @@ static int l_crop(lua_State *L) {
   sere_sample_crop_params(&rc, src.w, src.h, &r.rng, &p);
   finish_rng(&r);
   sere_image out = push_image(L, rc.size, rc.size);
-  if (sere_augment_crop(&src, &rc, &p, out.px)) return sere_lua_raise(L);
+  sere_scratch ws = {0};
+  sere_crop_source source = {src, 1, NULL};
+  int failed = sere_augment_crop(&source, &rc, &p, &ws, out.px);
+  sere_scratch_free(&ws);
+  if (failed) return sere_lua_raise(L);
   push_params(L, &p);
   return 2;
 }

@@ -4,12 +4,14 @@
  *   image_save_png(path, u8 tensor [h, w, 3])
  *   dataset_scan(root) / dataset_list(path) -> Dataset userdata
  * (the lead maps them into sere.image / sere.data in lua/sere/init.lua).
- * A hint is {crop = {w, h}, size = {w, h}}: see image_decode.h.
+ * A hint is {crop = {w, h}, size = {w, h}} (see image_decode.h), or
+ * {denom = d} to decode JPEGs at exactly 1/d (d = 1, 2, 4, 8).
  *
  * A Dataset keeps its paths in C (one arena); Lua sees ds.count,
  * ds.num_classes, ds.root, ds.classes (a table of names, built once),
  * ds:path(i), ds:label(i) (1-based; nil for an unlabelled list) and #ds, so a
  * million files never become a million Lua strings. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "dataset.h"
@@ -48,23 +50,34 @@ static int read_pair(lua_State *L, int idx, const char *field, const char *op, i
   return 1;
 }
 
-/* The optional hint table at idx; NULL when absent. */
-static const sere_decode_hint *opt_hint(lua_State *L, int idx, const char *op, sere_decode_hint *hint) {
-  if (lua_isnoneornil(L, idx)) return NULL;
+/* The optional hint table at idx: the scale denominator it asks for (1
+ * when absent). */
+static int opt_denom(lua_State *L, int idx, const char *op) {
+  if (lua_isnoneornil(L, idx)) return 1;
   luaL_checktype(L, idx, LUA_TTABLE);
-  int has_crop = read_pair(L, idx, "crop", op, &hint->crop_w, &hint->crop_h);
-  int has_size = read_pair(L, idx, "size", op, &hint->out_w, &hint->out_h);
+  sere_decode_hint hint;
+  int has_crop = read_pair(L, idx, "crop", op, &hint.crop_w, &hint.crop_h);
+  int has_size = read_pair(L, idx, "size", op, &hint.out_w, &hint.out_h);
   if (has_crop != has_size) luaL_error(L, "%s: a hint needs both crop = {w, h} and size = {w, h}", op);
-  return has_crop ? hint : NULL;
+  int type = lua_getfield(L, idx, "denom");
+  lua_Integer d = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (type == LUA_TNIL) return has_crop ? sere_decode_denom(&hint) : 1;
+  if (has_crop) luaL_error(L, "%s: a hint has either denom or crop and size, not both", op);
+  if (d != 1 && d != 2 && d != 4 && d != 8) luaL_error(L, "%s: hint.denom must be 1, 2, 4 or 8", op);
+  return (int)d;
 }
 
 static int image_load(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  sere_decode_hint h;
-  const sere_decode_hint *hint = opt_hint(L, 2, "image_load", &h);
+  int denom = opt_denom(L, 2, "image_load");
+  uint8_t *data;
+  size_t len;
+  if (sere_file_read(path, &data, &len)) return sere_lua_raise(L);
   sere_image img;
-  int denom;
-  if (sere_image_read_file(path, hint, &img, &denom)) return sere_lua_raise(L);
+  int rc = sere_image_decode_scaled(data, len, path, denom, &img, &denom);
+  free(data);
+  if (rc) return sere_lua_raise(L);
   return push_image(L, &img, denom);
 }
 
@@ -72,11 +85,9 @@ static int image_decode(lua_State *L) {
   size_t len;
   const char *bytes = luaL_checklstring(L, 1, &len);
   const char *name = luaL_optstring(L, 2, "<bytes>");
-  sere_decode_hint h;
-  const sere_decode_hint *hint = opt_hint(L, 3, "image_decode", &h);
+  int denom = opt_denom(L, 3, "image_decode");
   sere_image img;
-  int denom;
-  if (sere_image_decode(bytes, len, name, hint, &img, &denom)) return sere_lua_raise(L);
+  if (sere_image_decode_scaled(bytes, len, name, denom, &img, &denom)) return sere_lua_raise(L);
   return push_image(L, &img, denom);
 }
 

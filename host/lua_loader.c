@@ -1,11 +1,12 @@
 /* lua_loader.c — Lua bindings of the multi-crop sample and the threaded
  * loader (loader.h). lua/sere/data.lua builds on these:
  *   loader_new(dataset, pipeline, opts) -> Loader userdata
- *     loader:start(epoch), loader:next() -> batch table or nil,
+ *     loader:start(epoch[, start_batch]), loader:next() -> batch table or nil,
  *     loader:close(), loader:num_batches(), loader:indices(epoch),
  *     loader:bad_count()
  *   loader_sample(dataset, index, epoch, seed, pipeline) -> batch of 1
- * Indices and labels are 1-based here; epochs and seeds are plain integers. */
+ * Indices, labels and start_batch are 1-based here (start_batch = 1, the
+ * default, is the whole epoch); epochs and seeds are plain integers. */
 #include <string.h>
 #include <unistd.h>
 
@@ -105,6 +106,10 @@ static void check_pipeline(lua_State *L, int t, sere_pipeline *p, const char *op
   p->mask_rand = luaL_checkoption(L, -1, "block", shapes);
   lua_pop(L, 1);
   p->mask_start_epoch = field_int(L, t, "pred_start_epoch", 0, 0, 1 << 30, op);
+  int type = lua_getfield(L, t, "dct_scaling");
+  if (type != LUA_TNIL && type != LUA_TBOOLEAN) luaL_error(L, "%s: pipeline.dct_scaling must be a boolean", op);
+  p->dct_scaling = type == LUA_TNIL || lua_toboolean(L, -1);
+  lua_pop(L, 1);
   if (sere_pipeline_check(p)) sere_lua_raise(L);
 }
 
@@ -173,9 +178,15 @@ static int l_loader_new(lua_State *L) {
   return 1;
 }
 
+/* loader:start(epoch[, start_batch]): start_batch is 1-based, 1 .. num_batches + 1 */
 static int l_start(lua_State *L) {
   lua_loader *u = check_loader(L, 1, "start");
-  if (sere_loader_start(u->ld, check_u64(L, 2, "loader:start", "epoch"))) return sere_lua_raise(L);
+  uint64_t epoch = check_u64(L, 2, "loader:start", "epoch");
+  lua_Integer first = luaL_optinteger(L, 3, 1), n = sere_loader_num_batches(u->ld);
+  if (first < 1 || first > n + 1)
+    return luaL_error(L, "loader:start: start_batch %I is not in [1, %I] (%I batches per epoch, or one past the last)",
+                      first, n + 1, n);
+  if (sere_loader_start(u->ld, epoch, first - 1)) return sere_lua_raise(L);
   return 0;
 }
 
@@ -237,7 +248,9 @@ static int l_sample(lua_State *L) {
   sere_batch bt;
   if (sere_batch_alloc(&bt, &p, 1)) return sere_lua_raise(L);
   sere_badset *bad = sere_badset_new(ds->count);
-  int rc = bad ? sere_sample_make(ds, index - 1, epoch, seed, &p, bad, &bt, 0) : -1;
+  sere_sample_scratch ws = {0};
+  int rc = bad ? sere_sample_make(ds, index - 1, epoch, seed, &p, bad, &ws, &bt, 0) : -1;
+  sere_sample_scratch_free(&ws);
   sere_badset_free(bad);
   if (rc) {
     sere_batch_free(&bt);

@@ -75,10 +75,39 @@ typedef struct sere_crop_params {
  * passes), so p = 0 and p = 1 consume no numbers. */
 void sere_sample_crop_params(const sere_crop_recipe *rc, int img_w, int img_h, sere_rng *r, sere_crop_params *p);
 
+/* Reusable scratch memory for the image ops below, so that a loader thread
+ * allocates once rather than per crop: zero-initialise it, pass it to any
+ * number of calls (one thread at a time), then sere_scratch_free. */
+typedef struct sere_scratch {
+  void *buf;
+  size_t cap;
+} sere_scratch;
+/* At least `bytes` bytes, 64-byte aligned; the contents are not kept
+ * across calls. NULL after sere_fail (naming `op`) when out of memory. */
+void *sere_scratch_reserve(sere_scratch *s, size_t bytes, const char *op);
+void sere_scratch_free(sere_scratch *s);
+
+/* The image that crops are cut from: `img` holds a W x H image at 1/denom
+ * of its size, ceil(W/denom) x ceil(H/denom) (denom = 1: the image itself;
+ * > 1: a JPEG decoded with DCT scaling, where pixel i covers
+ * full-resolution pixels [d*i, d*i + d)). `transposed`, when not NULL,
+ * holds img transposed (img.w rows of 3 * img.h bytes, then 64 readable
+ * bytes): made once by sere_crop_source_transpose, it saves every crop's
+ * resize the transposition of its box. */
+typedef struct sere_crop_source {
+  sere_image img;
+  int denom;
+  const uint8_t *transposed;
+} sere_crop_source;
+
+/* Sets s->transposed to a transpose of s->img in `ws`; 0 or -1. */
+int sere_crop_source_transpose(sere_crop_source *s, sere_scratch *ws);
+
 /* Runs one crop's whole pipeline: resize the box to rc->size squared, then
- * flip, jitter, grayscale, blur and solarise as `p` says. `out` must hold
- * 3 * size * size bytes. */
-int sere_augment_crop(const sere_image *src, const sere_crop_recipe *rc, const sere_crop_params *p, uint8_t *out);
+ * flip, jitter, grayscale, blur and solarise as `p` says; p->box is in
+ * full-resolution pixels. `out` must hold 3 * size * size bytes. */
+int sere_augment_crop(const sere_crop_source *src, const sere_crop_recipe *rc, const sere_crop_params *p,
+                      sere_scratch *ws, uint8_t *out);
 
 /* Overlap sampling grids of 5.6 for mappings (x, y, w, h, flip): writes
  * S*S*2 floats into each of gq and gk ((x, y) per point, -2 everywhere if
@@ -86,12 +115,17 @@ int sere_augment_crop(const sere_image *src, const sere_crop_recipe *rc, const s
 void sere_overlap_grid(const double map_q[5], const double map_k[5], int S, float *gq, float *gk);
 
 /* ---- geometry and colour (augment.c, augment_color.c) ---------------- */
-/* Bicubic antialiased resize of the box of `src` (Pillow's resize of the
- * cropped image, 5.4) to out_w x out_h, written to `out` (3*out_w*out_h). */
-int sere_resize_bicubic(const sere_image *src, sere_box box, int out_w, int out_h, uint8_t *out);
+/* Bicubic antialiased resize of `box` (full-resolution pixels) of `src` to
+ * out_w x out_h, written to `out` (3*out_w*out_h bytes), mirrored
+ * left-right when `flip`. With src->denom = 1 this is Pillow's resize of
+ * the cropped image (5.4), byte for byte. With denom = d > 1 it reads the
+ * fractional box [x/d, (x+w)/d) x [y/d, (y+h)/d) of the small image with
+ * the same filter, taps clamped to the pixels that box touches. */
+int sere_resize_bicubic(const sere_crop_source *src, sere_box box, int out_w, int out_h, int flip, sere_scratch *ws,
+                        uint8_t *out);
 void sere_hflip(sere_image *img);                      /* in place */
 /* Gaussian blur as Pillow's 3-pass extended box blur (5.5), in place. */
-int sere_gaussian_blur(sere_image *img, double sigma);
+int sere_gaussian_blur(sere_image *img, double sigma, sere_scratch *ws);
 void sere_solarize(sere_image *img);                   /* in place, threshold 128 */
 void sere_grayscale(sere_image *img);                  /* in place, 3 equal channels */
 /* Colour jitter operation `op` with factor f, in place. */

@@ -43,7 +43,10 @@ end
 --- local_crops_scale ({0.05, 0.4}), global_size (224), local_size (96),
 --- patch_size (16), pred_ratio ({0, 0.3}), pred_ratio_var ({0, 0.2}),
 --- pred_shape ("block"), pred_start_epoch (0), overlap_size ({13, 13}),
---- lg_size (6), mean, std (ImageNet's). Global crop 1 always blurs, crop 2
+--- lg_size (6), mean, std (ImageNet's), dct_scaling (true: decode a JPEG at
+--- 1/2, 1/4 or 1/8 of its size when every crop box of the sample is at
+--- least that many times its output size; false: full-size decodes, crops
+--- byte-identical to Pillow's). Global crop 1 always blurs, crop 2
 --- (and any further one) blurs with p 0.1 and solarises with p 0.2, locals
 --- blur with p 0.5. The result is plain data: edit it before building a
 --- Loader (e.g. recipe.global[2].p_solarize = 0).
@@ -62,6 +65,7 @@ function data.multicrop_recipe(opts)
     overlap_size = pair(opts.overlap_size or {13, 13}, "overlap_size"),
     lg_size = opts.lg_size or 6,
     mean = opts.mean, std = opts.std,
+    dct_scaling = opts.dct_scaling ~= false,
   }
   for g = 1, opts.global_crops_number or 2 do
     r.global[g] = crop(gsize, gscale, g == 1 and {p_blur = 1.0} or {p_blur = 0.1, p_solarize = 0.2})
@@ -91,11 +95,15 @@ function data.Loader(opts)
   return self
 end
 
---- loader:epoch(e): iterator over the batches of epoch e (an integer >= 0).
---- Starting another epoch or closing the loader abandons this one.
-function Loader:epoch(e)
+--- loader:epoch(e[, opts]): iterator over the batches of epoch e (an
+--- integer >= 0). opts.start_batch = k (1-based, default 1) starts at the
+--- epoch's k-th batch, for a mid-epoch resume: the batches are those an
+--- uninterrupted epoch yields from its k-th on, byte for byte, and the
+--- samples of batches 1..k-1 are not made (k = num_batches() + 1 yields
+--- nothing). Starting another epoch or closing the loader abandons this one.
+function Loader:epoch(e, opts)
   local core = self.core
-  core:start(e)
+  core:start(e, opts and opts.start_batch)
   return function() return core:next() end
 end
 

@@ -1,7 +1,9 @@
 -- test_augment.lua — the image augmentations (method.md 5.2-5.6):
 --  * every deterministic op matches Pillow/torchvision byte for byte on
---    crops of three photos (tests/data/augment, written by
+--    crops of three photos, a larger region with crop-sized resizes and a
+--    synthetic image of many colours (tests/data/augment, written by
 --    tests/reference/augment_ref.py); normalise matches to f32 round-off;
+--  * a resize from a DCT-scaled image (denom) maps the box into it;
 --  * crop-box and per-crop parameter sampling follow the method's
 --    distributions (fixed seeds, bounds of 5 standard errors or more), and
 --    the same stream gives the same result;
@@ -10,7 +12,7 @@
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
 
-local PHOTOS = {"cat", "coffee", "astronaut"}
+local PHOTOS = {"cat", "coffee", "astronaut", "large", "colours"}
 local ref = {}
 for _, name in ipairs(PHOTOS) do ref[name] = sere.io.load("tests/data/augment/" .. name .. ".safetensors") end
 
@@ -44,6 +46,27 @@ T.test("bicubic resize equals Pillow's crop + resize(BICUBIC) exactly", function
   local tr = img:transpose(1, 2)
   T.eq(maxdiff(sere.augment_resize(tr, nil, 18, 24),
                sere.augment_resize(tr:contiguous(), nil, 18, 24)), 0, "non-contiguous input")
+end)
+
+T.test("resize from a DCT-scaled image: the full-resolution box mapped into it", function()
+  local path = "tests/data/images/chelsea_cat_451x300_q90.jpg" -- 451 x 300
+  for _, d in ipairs {2, 4} do
+    local small = sere.image_load(path, {denom = d})
+    T.eq(table.concat(small:shape(), "x"), math.ceil(300 / d) .. "x" .. math.ceil(451 / d) .. "x3", "1/" .. d)
+    -- a box on the small image's pixel grid is that box of the small image
+    local x, y, w, h = 13, 7, 80 // d * 2, 60 // d * 2
+    local got = sere.augment_resize(small, {d * x, d * y, d * w, d * h}, 32, 24, d)
+    T.eq(maxdiff(got, sere.augment_resize(small, {x, y, w, h}, 32, 24)), 0, "grid-aligned box, 1/" .. d)
+    -- the whole image, odd width: [0, 451 / d) of ceil(451 / d) pixels
+    local whole = sere.augment_resize(small, {0, 0, 451, 300}, 40, 30, d)
+    local full = sere.augment_resize(sere.image_load(path), nil, 40, 30)
+    T.eq((whole:float() - full:float()):abs():mean():item() < 3, true, "close to the full decode's resize, 1/" .. d)
+    T.raises(function() sere.augment_resize(small, {0, 0, small:shape()[2] * d + 1, 300}, 8, 8, d) end, "not inside")
+  end
+  local img = ref.cat["input.image"]
+  T.eq(maxdiff(sere.augment_resize(img, {2, 3, 20, 10}, 7, 5, 1), sere.augment_resize(img, {2, 3, 20, 10}, 7, 5)), 0,
+       "denom 1")
+  T.raises(function() sere.augment_resize(img, nil, 8, 8, 3) end, "denom must be 1, 2, 4 or 8")
 end)
 
 T.test("colour jitter ops equal torchvision's adjust_* on PIL images exactly", function()

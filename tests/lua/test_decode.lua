@@ -2,7 +2,8 @@
 -- the PNG writer: every photo in tests/data/images gives the size and mean
 -- RGB of tests/data/images' reference table (shared/data/README.md) and the
 -- exact per-channel pixel sums that Pillow 9.4 gives (written below, from
--- PIL.Image.open(f).convert("RGB")); DCT-domain downscaling; truncated,
+-- PIL.Image.open(f).convert("RGB")); DCT-domain downscaling (picked by a
+-- hint, or asked for exactly); truncated,
 -- corrupt, empty and oversized files raise errors naming the file; PNG
 -- round trips.
 local T = dofile("tests/lua/harness.lua")
@@ -105,6 +106,18 @@ T.test("DCT scaling: the hint picks the smallest scale that keeps the crop >= th
   T.eq(table.concat(png:shape(), "x"), "512x512x3", "png shape")
   T.raises(function() sere.image_load(p, {crop = {451, 300}}) end, "both crop")
   T.raises(function() sere.image_load(p, {crop = {451, 0}, size = {3, 3}}) end, "hint.crop%[2%]")
+  -- {denom = d} asks for an exact scale, the same decode as a hint that picks d
+  for _, d in ipairs {1, 2, 4, 8} do
+    local img, denom = sere.image_load(p, {denom = d})
+    T.eq(denom, d, "denom " .. d)
+    local same = sere.image_load(p, {crop = {451, 300}, size = {math.ceil(451 / d), math.ceil(300 / d)}})
+    T.eq((img:int() - same:int()):abs():max():item(), 0, "1/" .. d .. " decode")
+    local bytes = sere.image_decode(read(p), "cat", {denom = d})
+    T.eq((img:int() - bytes:int()):abs():max():item(), 0, "image_decode 1/" .. d)
+  end
+  T.eq(select(2, sere.image_load(file("astronaut_512x512_rgb"), {denom = 4})), 1, "png: full size")
+  T.raises(function() sere.image_load(p, {denom = 3}) end, "hint.denom must be 1, 2, 4 or 8")
+  T.raises(function() sere.image_load(p, {denom = 2, crop = {4, 4}, size = {2, 2}}) end, "not both")
 end)
 
 -- A 1/2 decode must look like a 2x2 box average of the full decode.

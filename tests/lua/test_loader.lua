@@ -1,9 +1,12 @@
 -- test_loader.lua — sere.data / sere.loader_*: batch shapes and layouts
 -- (each slot checked against the crop, mask and grid functions of
--- sere.augment_* called directly on the same Philox streams), byte-identical
--- batches for 1 and 4 threads and across runs, the distributed sampler's
--- sharding and padding, drop_last, epochs, abandoned epochs, bad files
--- (skipped with one warning each) and the errors. Small crops keep it fast.
+-- sere.augment_* called directly on the same Philox streams), DCT-scaled
+-- decoding (same boxes, crops remade exactly from the scaled image and
+-- close to the full decode's), byte-identical batches for 1 and 4 threads
+-- and across runs, mid-epoch starts (the rest of the epoch byte for byte,
+-- the skipped samples never decoded), the distributed sampler's sharding
+-- and padding, drop_last, epochs, abandoned epochs, bad files (skipped with
+-- one warning each) and the errors. Small crops keep it fast.
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
 local data = require "sere.data"
@@ -24,6 +27,9 @@ local ds = sere.dataset_scan(root)
 
 local G, L, B = 2, 3, 2
 local recipe = data.multicrop_recipe {global_size = 64, local_size = 32, local_crops_number = L, overlap_size = {5, 7}}
+-- the same without DCT scaling: every crop is Pillow's, byte for byte
+local exact = data.multicrop_recipe {global_size = 64, local_size = 32, local_crops_number = L, overlap_size = {5, 7},
+                                     dct_scaling = false}
 
 local function shape(t) return table.concat(t:shape(), "x") end
 local function maxdiff(a, b)
@@ -38,12 +44,12 @@ local function same_batches(x, y, what)
     for _, f in ipairs(FIELDS) do T.eq(maxdiff(x[i][f], y[i][f]), 0, what .. ": batch " .. i .. " " .. f) end
   end
 end
-local function collect(opts, epoch)
+local function collect(opts, epoch, start_batch)
   local o = {dataset = ds, recipe = recipe, batch_size = B, seed = 7}
   for k, v in pairs(opts or {}) do o[k] = v end
   local ld = data.Loader(o)
   local out = {}
-  for batch in ld:epoch(epoch or 0) do out[#out + 1] = batch end
+  for batch in ld:epoch(epoch or 0, {start_batch = start_batch}) do out[#out + 1] = batch end
   ld:close()
   return out, ld
 end
@@ -86,7 +92,7 @@ end)
 
 -- Every slot of a batch against sere.augment_* on the same streams.
 T.test("layout: each slot equals the crops, masks and grids made directly", function()
-  local ld = data.Loader {dataset = ds, recipe = recipe, batch_size = B, seed = 11, threads = 2}
+  local ld = data.Loader {dataset = ds, recipe = exact, batch_size = B, seed = 11, threads = 2}
   local idx = ld:indices(3)
   local k = 0
   for batch in ld:epoch(3) do
@@ -129,10 +135,69 @@ T.test("layout: each slot equals the crops, masks and grids made directly", func
   end
   T.eq(k, 4, "samples seen")
   -- the single-sample entry point makes the same sample
-  local one = data.sample(ds, idx[1], 3, 11, recipe)
+  local one = data.sample(ds, idx[1], 3, 11, exact)
   local crop = sere.augment_crop(sere.image_load(ds:path(idx[1])), recipe.global[2],
                                  {seed = 11, epoch = 3, sample = idx[1] - 1, crop = 1})
   T.eq(maxdiff(one.global_crops[2], sere.augment_normalize(crop)), 0, "data.sample")
+end)
+
+-- The scale the loader must pick: the largest d in 8, 4, 2, 1 with every
+-- crop box at least d times its output size.
+local function dct_denom(params, r)
+  for _, d in ipairs {8, 4, 2} do
+    local fits = true
+    for c, p in ipairs(params) do
+      local size = c <= G and r.global[c].size or r["local"][c - G].size
+      if p.box[3] < d * size or p.box[4] < d * size then fits = false end
+    end
+    if fits then return d end
+  end
+  return 1
+end
+
+T.test("DCT scaling: the same boxes; crops remade exactly from the scaled image, close to the full decode", function()
+  local seed, epoch, scaled, worst = 5, 2, 0, 0
+  for i = 1, #ds do
+    local path = ds:path(i)
+    local full = sere.image_load(path)
+    local H, W = full:shape()[1], full:shape()[2]
+    local params = {}
+    for c = 1, G + L do
+      local rc = c <= G and recipe.global[c] or recipe["local"][c - G]
+      params[c] = sere.augment_sample_params(W, H, rc, {seed = seed, epoch = epoch, sample = i - 1, crop = c - 1})
+    end
+    local d = path:match("%.jpg$") and dct_denom(params, recipe) or 1
+    local got = data.sample(ds, i, epoch, seed, recipe)
+    local want = data.sample(ds, i, epoch, seed, exact)
+    for _, f in ipairs {"mappings", "masks", "grids_gg_rows", "grids_gg_cols", "grids_lg_local", "labels"} do
+      T.eq(maxdiff(got[f], want[f]), 0, path .. ": " .. f .. " as with a full-size decode")
+    end
+    if d == 1 then
+      T.eq(maxdiff(got.global_crops, want.global_crops), 0, path .. ": no scale fits, the full decode")
+    else
+      scaled = scaled + 1
+      local small, used = sere.image_load(path, {denom = d})
+      T.eq(used, d, "decoded at 1/" .. d)
+      for c = 1, G + L do
+        local p, size = params[c], c <= G and recipe.global[c].size or recipe["local"][c - G].size
+        local x = sere.augment_resize(small, p.box, size, size, d)
+        if p.flip then x = sere.augment_hflip(x) end
+        if p.jitter then for _, op in ipairs(p.order) do x = sere.augment_color(x, op, p[op]) end end
+        if p.gray then x = sere.augment_grayscale(x) end
+        if p.blur then x = sere.augment_blur(x, p.sigma) end
+        if p.solarize then x = sere.augment_solarize(x) end
+        local crop = c <= G and got.global_crops[c] or got.local_crops[c - G]
+        local ref = c <= G and want.global_crops[c] or want.local_crops[c - G]
+        T.eq(maxdiff(crop, sere.augment_normalize(x)), 0, path .. ": crop " .. c .. " from the 1/" .. d .. " image")
+        -- against the full decode: mean difference in grey levels (std ~0.225)
+        local mad = (crop - ref):abs():mean():item() * 0.225 * 255
+        worst = math.max(worst, mad)
+      end
+    end
+  end
+  T.eq(scaled >= 2, true, "some samples were decoded at a reduced scale (" .. scaled .. ")")
+  -- JPEG's reduced IDCT plus the bicubic filter: a few grey levels on average
+  T.eq(worst < 4, true, "crops close to the full decode's: worst mean difference " .. worst .. " grey levels")
 end)
 
 T.test("byte-identical batches for 1 and 4 threads and across runs", function()
@@ -143,6 +208,39 @@ T.test("byte-identical batches for 1 and 4 threads and across runs", function()
   same_batches(four, again, "two runs")
   local other = collect({threads = 2, seed = 8})
   T.eq(maxdiff(other[1].global_crops, one[1].global_crops) > 0, true, "another seed differs")
+end)
+
+T.test("mid-epoch start: the rest of the epoch byte for byte, skipped samples never decoded", function()
+  -- 5 samples in batches of 1 without drop_last: 5 batches
+  local whole = collect({batch_size = 1, drop_last = false, threads = 2}, 4)
+  T.eq(#whole, 5, "batches per epoch")
+  for _, threads in ipairs {1, 3} do
+    for k = 1, 6 do
+      local rest = collect({batch_size = 1, drop_last = false, threads = threads, prefetch = 2}, 4, k)
+      local want = {}
+      for i = k, #whole do want[#want + 1] = whole[i] end
+      same_batches(rest, want, threads .. " threads, start_batch " .. k)
+    end
+  end
+  -- corrupt the files of batches 1 and 2 of a copy: starting at batch 3
+  -- reads none of them (no bad file) and still gives batches 3..5
+  local copy = base .. "_resume"
+  sh(string.format("cp -r %s %s", root, copy))
+  local cds = sere.dataset_scan(copy)
+  local ld = data.Loader {dataset = cds, recipe = recipe, batch_size = 1, drop_last = false, seed = 7, threads = 2}
+  local idx = ld:indices(4)
+  for i = 1, 2 do sh(string.format(": > '%s'", cds:path(idx[i]))) end
+  local rest = {}
+  for batch in ld:epoch(4, {start_batch = 3}) do rest[#rest + 1] = batch end
+  same_batches(rest, {whole[3], whole[4], whole[5]}, "resumed over corrupt skipped files")
+  T.eq(ld:bad_count(), 0, "the skipped files were not decoded")
+  T.raises(function() ld:epoch(4, {start_batch = 0}) end, "start_batch 0 is not in %[1, 6%]")
+  T.raises(function() ld:epoch(4, {start_batch = 7}) end, "start_batch 7 is not in %[1, 6%]")
+  ld:close()
+  sh("rm -rf " .. copy)
+  -- with drop_last and B = 2: 2 batches; start at the second
+  local two = collect({threads = 2}, 1)
+  same_batches(collect({threads = 2}, 1, 2), {two[2]}, "drop_last, start_batch 2")
 end)
 
 T.test("epochs: different permutations and crops, same epoch same data", function()
