@@ -1,110 +1,79 @@
--- tiny.lua — the quick-start job: trains a small network on CPU, on data
--- the program makes itself, in seconds, and shows it learning.
+-- tiny.lua — the quick-start job: iBOT + SERE pre-training of a small ViT
+-- on CPU, in a few minutes, on a labelled dataset of shapes and textures
+-- that it draws itself on first use (sere.synthetic; tools/make_shapes.lua),
+-- then the weighted k-NN accuracy (method.md 13.2) of the trained teacher
+-- next to that of the same network at random initialisation.
 --
--- Until the SERE model and its pipeline land (issues 3-5), this recipe
--- trains a 2-hidden-layer MLP classifier on a synthetic 3-arm spiral with
--- the tensor core and autograd alone: every number below comes from
--- sere's own ops (matmul through OpenBLAS, element-wise math, reductions,
--- log-softmax, gather) and their gradients.
+--   sere recipes/tiny.lua [--epochs N] [--output_dir DIR] [--help]
 --
---   build/sere recipes/tiny.lua [--steps N] [--seed S] [--hidden H] [--lr LR]
+-- It is recipes/vit_small.lua (the same networks, crops, schedules and
+-- losses) with small sizes: a 64-wide, 3-block ViT on 8-pixel patches, 2
+-- global crops of 32 px and 4 local crops of 16 px from 40 px images.
+-- --data_path / --val_path point it at another ImageFolder pair instead
+-- (e.g. the digits). Training resumes from output_dir/checkpoint.safetensors
+-- when present. Exits 1 if the trained features do not beat random ones.
 local sere = require "sere"
+local recipe = require "sere.recipe"
+local train = require "sere.train"
+local eval = require "sere.eval"
+local synthetic = require "sere.synthetic"
 
-local cfg = {steps = 400, seed = 0, hidden = 64, lr = 0.5, points = 300, classes = 3, log_every = 50}
-local i = 1
-while i <= #arg do
-  local key = arg[i]:match("^%-%-([%w_]+)$")
-  if not key or cfg[key] == nil or not tonumber(arg[i + 1]) then
-    local known = {}
-    for k in pairs(cfg) do known[#known + 1] = "--" .. k end
-    table.sort(known)
-    error(string.format("tiny.lua: bad argument '%s' (expected one of %s, each followed by a number)",
-      tostring(arg[i]), table.concat(known, " ")), 0)
+local R = recipe.load("vit_small.lua")
+R.program = "recipes/tiny.lua"
+R.description = "iBOT + SERE on a small ViT and a dataset it draws itself, then k-NN: trained vs random init."
+
+-- Small sizes; everything not named here keeps the reference's argument default.
+R.defaults = {
+  arch = "vit_tiny", embed_dim = 64, depth = 3, num_heads = 4, patch_size = 8, drop_path = 0.1,
+  out_dim = 128, patch_out_dim = 128, head_hidden_dim = 256, bottleneck_dim = 64, shared_head = true,
+  global_crops_scale = {0.4, 1.0}, global_size = 32, local_crops_number = 4, local_crops_scale = {0.1, 0.4},
+  local_size = 16, pred_ratio = {0.0, 0.3}, pred_ratio_var = {0.0, 0.2}, overlap_size = {7, 7}, lg_size = 4,
+  alpha = 0.2, beta = 0.5,
+  epochs = 80, batch_size_per_gpu = 32, lr = 8e-3, momentum_teacher = 0.99, min_lr = 1e-5, warmup_epochs = 2, weight_decay = 0.04,
+  weight_decay_end = 0.1, teacher_temp = 0.04, teacher_patch_temp = 0.04, warmup_teacher_temp_epochs = 5,
+  use_fp16 = false, print_freq = 31, saveckp_freq = 0, num_workers = 2, output_dir = "out/tiny", data_path = "",
+}
+R.extra_flags = {
+  {"val_path", "", "tiny: ImageFolder of the k-NN query images (default: the drawn dataset's val/)"},
+  {"train_per_class", 100, "tiny: training images drawn per class"},
+  {"val_per_class", 30, "tiny: validation images drawn per class"},
+  {"image_size", 40, "tiny: side of the drawn images in pixels"},
+  {"nb_knn", 20, "tiny: neighbours of the k-NN classifier"},
+}
+
+function R:run(a)
+  local t0 = sere.clock()
+  if a.data_path == "" then
+    local root = a.output_dir .. "/data"
+    synthetic.make(root, {train_per_class = a.train_per_class, val_per_class = a.val_per_class, size = a.image_size,
+      seed = a.seed})
+    a.data_path, a.val_path = root .. "/train", root .. "/val"
+  elseif a.val_path == "" then
+    error("tiny: --data_path needs --val_path (the k-NN query images)", 0)
   end
-  cfg[key] = tonumber(arg[i + 1])
-  i = i + 2
-end
+  local train_ds, val_ds = sere.dataset_scan(a.data_path), sere.dataset_scan(a.val_path)
+  print(string.format("tiny: %d training images, %d validation images in %d classes (%s)", #train_ds, #val_ds,
+    train_ds.num_classes, a.data_path))
 
-sere.manual_seed(cfg.seed)
+  local result = train.run(a, self)
 
--- Data: `points` samples per class on the arms of a spiral with noise.
-local function spiral(n, k)
-  local xs, ys = {}, {}
-  local noise = sere.randn(n * k, 2):mul(0.2):totable()
-  for c = 0, k - 1 do
-    for j = 0, n - 1 do
-      local r = j / n
-      local theta = c * 2 * math.pi / k + 4 * r + noise[c * n + j + 1][1] * 0.5
-      xs[#xs + 1] = {r * math.cos(theta), r * math.sin(theta)}
-      ys[#ys + 1] = c + 1 -- labels are 1-based class indices
-    end
+  local function knn_top1(backbone)
+    local ftr, ltr = eval.extract(backbone, train_ds, a.global_size)
+    local fva, lva = eval.extract(backbone, val_ds, a.global_size)
+    return (eval.knn(ftr, ltr, fva, lva, a.nb_knn, 0.07, train_ds.num_classes))
   end
-  return sere.tensor(xs, {dtype = "f32"}), sere.tensor(ys)
-end
-local x, y = spiral(cfg.points, cfg.classes)
-local n = x:shape()[1]
-
--- Model: Linear(2, H) -> ReLU -> Linear(H, H) -> ReLU -> Linear(H, classes).
-local function linear(fan_in, fan_out)
-  local bound = 1 / math.sqrt(fan_in)
-  local w = sere.rand(fan_out, fan_in):mul(2 * bound):sub(bound)
-  local b = sere.rand(fan_out):mul(2 * bound):sub(bound)
-  w.requires_grad, b.requires_grad = true, true
-  return {w = w, b = b}
-end
-local layers = {linear(2, cfg.hidden), linear(cfg.hidden, cfg.hidden), linear(cfg.hidden, cfg.classes)}
-
-local function forward(input)
-  local h = input
-  for l, layer in ipairs(layers) do
-    h = h:matmul(layer.w:t()) + layer.b
-    if l < #layers then h = h:clamp(0, nil) end
-  end
-  return h
+  sere.manual_seed(a.seed)
+  local _, random_teacher = self.networks(a) -- the same draws as the run's initial weights
+  local trained, random = knn_top1(result.teacher.backbone), knn_top1(random_teacher.backbone)
+  print(string.format("tiny: k-NN top-1 (k %d, T 0.07) on %d validation images: trained teacher %.1f%%, "
+    .. "random init %.1f%% (chance %.1f%%); %.0f s in all", a.nb_knn, #val_ds, trained * 100, random * 100,
+    100 / train_ds.num_classes, sere.clock() - t0))
+  return {trained = trained, random = random, result = result}
 end
 
-local function loss_and_accuracy()
-  local logits = forward(x)
-  local nll = -logits:log_softmax(-1):gather(2, y:view(n, 1)):mean()
-  local _, pred = logits:max(2)
-  local acc = pred:eq(y):float():mean():item()
-  return nll, acc
-end
-
--- SGD with momentum 0.9, cosine learning-rate decay.
-local params, velocity = {}, {}
-for _, layer in ipairs(layers) do
-  params[#params + 1], params[#params + 2] = layer.w, layer.b
-end
-for k, p in ipairs(params) do velocity[k] = sere.zeros_like(p) end
-
-print(string.format("tiny: MLP 2-%d-%d-%d on a %d-point spiral, %d steps of full-batch SGD",
-  cfg.hidden, cfg.hidden, cfg.classes, n, cfg.steps))
-local t0 = sere.clock()
-local first_loss, loss, acc
-for step = 1, cfg.steps do
-  for _, p in ipairs(params) do p:zero_grad() end
-  local l
-  l, acc = loss_and_accuracy()
-  l:backward()
-  loss = l:item()
-  first_loss = first_loss or loss
-  if loss ~= loss then error(string.format("tiny: loss is not finite at step %d", step), 0) end
-  local lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / cfg.steps))
-  sere.no_grad(function()
-    for k, p in ipairs(params) do
-      velocity[k]:mul_(0.9):add_(p.grad)
-      p:add_(velocity[k], -lr)
-    end
-  end)
-  if step == 1 or step % cfg.log_every == 0 or step == cfg.steps then
-    print(string.format("step %4d  loss %.4f  accuracy %5.1f%%  lr %.3f  %.2fs", step, loss, acc * 100, lr,
-      sere.clock() - t0))
-  end
-end
-print(string.format("tiny: loss %.3f -> %.3f, training accuracy %.1f%% (chance %.1f%%)", first_loss, loss,
-  acc * 100, 100 / cfg.classes))
-if acc < 0.9 then
-  io.stderr:write("tiny: the network did not learn the spiral (accuracy below 90%)\n")
+local res = R:main(...)
+if res ~= R and res.trained <= res.random then
+  io.stderr:write("tiny: the trained features do not beat random ones\n")
   os.exit(1)
 end
+return res

@@ -175,7 +175,7 @@ function loss.ibot_patch_loss(student_head, teacher_head, teacher_features, stud
   local mean_logits = sere.no_grad(function() return teacher_head.last_layer2(t_feat:mean(2)) end)
   local idx = mask:reshape(-1):nonzero():reshape(-1) -- masked token positions in [G*B*N]
   if idx:numel() == 0 then
-    return (student_features:sum() * 0), mean_logits
+    return student_features:sum() * 0 + 0, mean_logits -- connected to the graph; + 0 turns -0 into 0
   end
   local s_tok = student_features:narrow(2, 2, n):reshape(rows * n, -1):index_select(1, idx)
   local t_tok = t_feat:reshape(rows * n, -1):index_select(1, idx)

@@ -130,6 +130,24 @@ return function(nn)
     return outs
   end
 
+  --- Attention probabilities of the last block, [B, heads, 1+N, 1+N]:
+  --- softmax(Q_j K_j^T d^-1/2) of every head j over the keys (class token
+  --- first; row 1 is the class token's attention to every token), from the
+  --- last block's norm1 and qkv applied to its input. The blocks before it
+  --- run as in forward (no mask); differentiable (wrap it in sere.no_grad
+  --- to visualise).
+  function ViT:get_last_selfattention(x)
+    local h = self:prepare_tokens(x)
+    local depth = self.blocks:len()
+    for i = 1, depth - 1 do h = self.blocks:get(i)(h) end
+    local last = self.blocks:get(depth)
+    local attn = last.attn
+    local b, t = h:shape()[1], h:shape()[2]
+    local qkv = attn.qkv(last.norm1(h)):reshape(b, t, 3, attn.heads, attn.head_dim):permute(3, 1, 4, 2, 5)
+    local q, k = qkv:select(1, 1), qkv:select(1, 2) -- [B, heads, T, head_dim]
+    return q:matmul(k:transpose(3, 4)):mul(attn.scale):softmax(-1)
+  end
+
   M.VisionTransformer = ViT
 
   --- nn.vit_tiny/vit_small/vit_base/vit_large(opts): the variants of method 2.1.

@@ -13,7 +13,11 @@
 -- [1, K] and center2 [1, 1, K], updated in place after the loss. cfg:
 -- n_global, heads, teacher_temp and teacher_patch_temp (this epoch's),
 -- student_temp (0.1), pixel_temp (0.5), channel_temp (0.1), alpha, beta,
--- center_momentum (0.9), sigma_global (14), sigma_local (6).
+-- lambda1 and lambda2 (1: the iBOT [CLS] and MIM weights), center_momentum
+-- (0.9), sigma_global (14), sigma_local (6), and for gradient accumulation
+-- accum_iter (1) and update_centers (true: the last iteration of an
+-- accumulation group; until then the teacher's batch sums are accumulated
+-- in state.center_accum / state.center2_accum, 7.4).
 local sere = require "sere"
 local loss = require "sere.loss"
 
@@ -49,24 +53,49 @@ function objective.compute(student, teacher, batch, state, cfg)
   local t_patch_mean
   terms.mim, t_patch_mean = loss.ibot_patch_loss(student.head, teacher.head, t_feat, s_feat, batch.masks,
     state.center2, cfg.teacher_patch_temp, ts)
-  terms.ibot = terms.cls + terms.mim
-  terms.pixel, terms.pixel_terms = loss.pixel_loss_from_features({
-    teacher_z = t_out.pixel.z, student_p = s_out.pixel.p, student_local_p = l_out and l_out.pixel.p,
-    hw_global = t_out.grid, hw_local = l_out and l_out.grid, heads = cfg.heads, n_global = g_n,
-    grids_gg_rows = batch.grids_gg_rows, grids_gg_cols = batch.grids_gg_cols,
-    grids_lg_local = batch.grids_lg_local, grids_lg_global = batch.grids_lg_global,
-    teacher_temp = cfg.pixel_temp or 0.5,
-  })
-  local sg, sl = cfg.sigma_global or 14, cfg.sigma_local or 6
-  local t_chan = sere.no_grad(function() return loss.channel_relation(t_out.channel.z, sg) end)
-  terms.channel, terms.channel_terms = loss.channel_loss(t_chan, loss.channel_relation(s_out.channel.p, sg),
-    l_out and loss.channel_relation(l_out.channel.p, sl), g_n, cfg.channel_temp or 0.1)
+  terms.ibot = terms.cls * (cfg.lambda1 or 1) + terms.mim * (cfg.lambda2 or 1)
+  -- a relation whose weight is 0 (an ablation) is not computed at all
+  local zero = sere.zeros({})
+  if cfg.alpha ~= 0 then
+    terms.pixel, terms.pixel_terms = loss.pixel_loss_from_features({
+      teacher_z = t_out.pixel.z, student_p = s_out.pixel.p, student_local_p = l_out and l_out.pixel.p,
+      hw_global = t_out.grid, hw_local = l_out and l_out.grid, heads = cfg.heads, n_global = g_n,
+      grids_gg_rows = batch.grids_gg_rows, grids_gg_cols = batch.grids_gg_cols,
+      grids_lg_local = batch.grids_lg_local, grids_lg_global = batch.grids_lg_global,
+      teacher_temp = cfg.pixel_temp or 0.5,
+    })
+  else
+    terms.pixel = zero
+  end
+  if cfg.beta ~= 0 then
+    local sg, sl = cfg.sigma_global or 14, cfg.sigma_local or 6
+    local t_chan = sere.no_grad(function() return loss.channel_relation(t_out.channel.z, sg) end)
+    terms.channel, terms.channel_terms = loss.channel_loss(t_chan, loss.channel_relation(s_out.channel.p, sg),
+      l_out and loss.channel_relation(l_out.channel.p, sl), g_n, cfg.channel_temp or 0.1)
+  else
+    terms.channel = zero
+  end
   local total = loss.total_loss(terms.ibot, terms.pixel, terms.channel, cfg.alpha, cfg.beta)
 
-  -- 4. centres, from this iteration's raw teacher logits (7.4)
+  -- 4. centres, from the raw teacher logits of this iteration, or of the
+  -- whole accumulation group (7.4)
   local m = cfg.center_momentum or 0.9
-  loss.update_center(state.center, t_cls:mean(1, true), m)
-  loss.update_center(state.center2, t_patch_mean:mean(1, true), m)
+  local accum = cfg.accum_iter or 1
+  if accum == 1 then
+    loss.update_center(state.center, t_cls:mean(1, true), m)
+    loss.update_center(state.center2, t_patch_mean:mean(1, true), m)
+  else
+    sere.no_grad(function()
+      state.center_accum = (state.center_accum or sere.zeros_like(state.center)) + t_cls:sum(1, true)
+      state.center2_accum = (state.center2_accum or sere.zeros_like(state.center2)) + t_patch_mean:sum(1, true)
+    end)
+    if cfg.update_centers ~= false then
+      local rows = t_cls:shape()[1] * accum
+      loss.update_center(state.center, state.center_accum / rows, m)
+      loss.update_center(state.center2, state.center2_accum / rows, m)
+      state.center_accum, state.center2_accum = nil, nil
+    end
+  end
 
   terms.teacher_cls, terms.student_cls = t_cls, s_cls
   return total, terms

@@ -1,26 +1,27 @@
 -- sere.train — the iBOT + SERE pre-training loop (method.md sections 8
--- and 10): builds the student and teacher, the loader and the schedules
--- from one configuration table, runs the iterations in the order of 8.4,
--- logs, and writes a resumable checkpoint at the end of every epoch.
+-- and 10): takes a recipe's pieces (networks, crops, schedules, loss
+-- settings, objective; see recipes/vit_small.lua) and the parsed flags,
+-- runs the iterations in the order of 8.4 with gradient accumulation, logs
+-- a progress line and JSON records, and writes resumable checkpoints.
 --
 --   local train = require "sere.train"
---   local result = train.run(cfg)   -- cfg: see recipes/tiny_sere.lua for every key
+--   local result = train.run(a, R)   -- a: flags (sere.recipe), R: a sere.recipe.Recipe
 --
 -- A checkpoint is one safetensors file, output_dir/checkpoint.safetensors:
 -- tensors "student.module.<name>", "teacher.module.<name>" (the reference's
 -- data-parallel names, 10.3), "optimizer.<param>.{exp_avg,exp_avg_sq,step}",
--- "ibot_loss.center", "ibot_loss.center2"; metadata "epoch" (the next
--- epoch to run), "iteration", "rng_seed"/"rng_offset" (the default
--- generator, which drop path draws from), "args" (the configuration as
--- JSON) and the optimiser's "optimizer.*" scalars. Resuming restores all of
--- it, so a resumed CPU run continues exactly like an uninterrupted one.
+-- "ibot_loss.center", "ibot_loss.center2"; metadata "iteration" (the next
+-- global iteration to run), "epoch" (its epoch), "rng_seed"/"rng_offset"
+-- (the default generator, which drop path draws from), "args" (the flags as
+-- JSON) and the optimiser's "optimizer.*" scalars. It is written at the end
+-- of every epoch and every --saveckp_iters iterations; a copy
+-- checkpointNNNN.safetensors is kept when the 0-based epoch NNNN is a
+-- positive multiple of --saveckp_freq. Resuming restores all of it, and the
+-- loader re-derives the data order from (seed, epoch) and starts mid-epoch,
+-- so a resumed CPU run continues exactly like an uninterrupted one.
 local sere = require "sere"
-local nn = require "sere.nn"
 local data = require "sere.data"
-local loss = require "sere.loss"
-local objective = require "sere.objective"
 local optim = require "sere.optim"
-local schedule = require "sere.schedule"
 
 local train = {}
 
@@ -60,53 +61,6 @@ local function append_line(path, line)
   f:close()
 end
 
--- ---- networks, data, schedules ------------------------------------------------------
-
---- build_networks(cfg) -> student, teacher: nn.MultiCrop(ViT, IbotHead)
---- pairs. The student has the mask embedding and drop path; the teacher
---- starts as a copy of the student's weights, has no mask embedding and no
---- drop path, and gets no gradients. cfg: embed_dim, depth, heads,
---- patch_size, global_size, drop_path_rate, out_dim, head_hidden_dim,
---- bottleneck_dim, norm_last_layer, shared_head.
-function train.build_networks(cfg)
-  local function network(is_student)
-    local vit = nn.VisionTransformer({embed_dim = cfg.embed_dim, depth = cfg.depth, heads = cfg.heads,
-      patch_size = cfg.patch_size, img_size = cfg.global_size, masked_im_modeling = is_student,
-      drop_path_rate = is_student and cfg.drop_path_rate or 0})
-    local head = nn.IbotHead(cfg.embed_dim, cfg.out_dim, {hidden_dim = cfg.head_hidden_dim,
-      bottleneck_dim = cfg.bottleneck_dim, shared_head = cfg.shared_head,
-      norm_last_layer = (not is_student) or cfg.norm_last_layer})
-    return nn.MultiCrop(vit, head)
-  end
-  local student, teacher = network(true), network(false)
-  teacher:load_state_dict(student:state_dict(), {strict = false}) -- the student's masked_embed stays behind
-  for _, p in ipairs(teacher:parameters()) do p.requires_grad = false end
-  return student, teacher
-end
-
---- crops(cfg): the multi-crop pipeline; cfg.crops if the recipe built one,
---- else data.multicrop_recipe from the cfg keys of the same names.
-function train.crops(cfg)
-  return cfg.crops or data.multicrop_recipe({global_crops_number = cfg.global_crops_number,
-    global_crops_scale = cfg.global_crops_scale, local_crops_number = cfg.local_crops_number,
-    local_crops_scale = cfg.local_crops_scale, global_size = cfg.global_size, local_size = cfg.local_size,
-    patch_size = cfg.patch_size, pred_ratio = cfg.pred_ratio, pred_ratio_var = cfg.pred_ratio_var,
-    overlap_size = cfg.overlap_size, lg_size = cfg.lg_size})
-end
-
--- The objective's settings for one epoch (teacher temperatures warm up per epoch, 7.1).
-local function objective_cfg(cfg, epoch)
-  return {
-    n_global = cfg.global_crops_number, heads = cfg.heads, alpha = cfg.alpha, beta = cfg.beta,
-    teacher_temp = loss.teacher_temperature(epoch, cfg.warmup_teacher_temp, cfg.teacher_temp,
-      cfg.warmup_teacher_temp_epochs),
-    teacher_patch_temp = loss.teacher_temperature(epoch, cfg.warmup_teacher_patch_temp, cfg.teacher_patch_temp,
-      cfg.warmup_teacher_temp_epochs),
-    student_temp = cfg.student_temp, pixel_temp = cfg.pixel_temp, channel_temp = cfg.channel_temp,
-    center_momentum = cfg.center_momentum, sigma_global = cfg.sigma_global, sigma_local = cfg.sigma_local,
-  }
-end
-
 -- ---- checkpoints ------------------------------------------------------------------------
 
 local function prefixed(out, prefix, map)
@@ -115,8 +69,8 @@ end
 
 --- save_checkpoint(path, run): writes to path .. ".tmp", then renames it
 --- over path, so a reader finds the old file or the new one, never half.
---- run: student, teacher, optimizer, state (centres), epoch (the next
---- one), iteration, cfg.
+--- run: student, teacher, optimizer, state (centres), iteration (the
+--- next global one), epoch (its epoch), cfg (the flags).
 function train.save_checkpoint(path, run)
   local tensors = {["ibot_loss.center"] = run.state.center, ["ibot_loss.center2"] = run.state.center2}
   prefixed(tensors, "student.module.", run.student:state_dict())
@@ -141,7 +95,7 @@ local function strip(map, prefix)
   return out
 end
 
---- load_checkpoint(path, run) -> next epoch, iteration: restores what
+--- load_checkpoint(path, run) -> next global iteration: restores what
 --- save_checkpoint wrote into run's networks, optimizer and centres, and
 --- the default generator's state.
 function train.load_checkpoint(path, run)
@@ -154,8 +108,11 @@ function train.load_checkpoint(path, run)
     run.state.center2:copy_(t["ibot_loss.center2"])
   end)
   sere.set_rng_state({seed = math.tointeger(tonumber(meta.rng_seed)), offset = math.tointeger(tonumber(meta.rng_offset))})
-  return math.tointeger(tonumber(meta.epoch)), math.tointeger(tonumber(meta.iteration))
+  local it = math.tointeger(tonumber(meta.iteration))
+  if not it then error("train: " .. path .. " has no iteration count; is it a sere checkpoint?", 0) end
+  return it
 end
+
 
 -- ---- the loop -----------------------------------------------------------------------------
 
@@ -174,94 +131,133 @@ end
 
 local METERS = {"loss", "cls", "patch", "loss_attn", "loss_attn_ffn", "total", "acc"}
 
---- run(cfg) -> {student, teacher, losses, first_loss, last_loss, epoch}:
---- trains from cfg (every key is listed in recipes/tiny_sere.lua), resuming from
---- output_dir/checkpoint.safetensors when it exists. losses[it + 1] is the
---- total loss of global iteration it, for the iterations run in this call;
---- first_loss / last_loss those of its first and last iteration. cfg.stop_after_epochs
---- (optional) ends the call after that many epochs in all, as if the run
---- were killed there; the schedules still span cfg.epochs.
-function train.run(cfg)
-  assert(cfg.output_dir, "train.run: cfg.output_dir is required")
-  os.execute("mkdir -p '" .. cfg.output_dir .. "'")
-  local ckpt = cfg.output_dir .. "/checkpoint.safetensors"
-  local log_path = cfg.output_dir .. "/log.txt"
-  sere.manual_seed(cfg.seed)
+-- The checkpoint to resume from: --load_from (relative to output_dir, as
+-- in the reference), else output_dir/checkpoint.safetensors if it exists.
+local function resume_path(a, ckpt)
+  if a.load_from then
+    local p = a.load_from:sub(1, 1) == "/" and a.load_from or (a.output_dir .. "/" .. a.load_from)
+    if not io.open(p, "rb") then error("train: --load_from " .. a.load_from .. ": no file " .. p, 0) end
+    return p
+  end
+  local f = io.open(ckpt, "rb")
+  if f then f:close() return ckpt end
+end
 
-  local student, teacher = train.build_networks(cfg)
-  local loader = data.Loader({dataset = cfg.data_path, recipe = train.crops(cfg), batch_size = cfg.batch_size_per_gpu,
-    threads = cfg.num_workers, seed = cfg.seed})
+--- run(a, R) -> {student, teacher, losses, first_loss, last_loss,
+--- iteration}: trains with recipe R's pieces and flags `a` (every flag of
+--- sere.recipe), resuming as described at the top. losses[it + 1] is the
+--- total loss of global iteration it, for the iterations run in this call;
+--- first_loss / last_loss those of its first and last iteration;
+--- iteration the next global iteration. --stop_after_iters N ends the call
+--- after global iteration N - 1, with a checkpoint there.
+function train.run(a, R)
+  assert(a.output_dir and a.data_path, "train.run: output_dir and data_path are required")
+  assert(os.execute("mkdir -p '" .. a.output_dir .. "'"), "train: cannot create " .. a.output_dir)
+  local ckpt = a.output_dir .. "/checkpoint.safetensors"
+  local log_path = a.output_dir .. "/log.txt"
+  sere.manual_seed(a.seed)
+
+  local student, teacher = R.networks(a)
+  local loader = data.Loader({dataset = a.data_path, recipe = R.crops(a), batch_size = a.batch_size_per_gpu,
+    threads = a.num_workers, seed = a.seed})
   local niter = loader:num_batches()
   if niter == 0 then error("train: the dataset holds fewer images than one batch", 0) end
-  -- a run shorter than the warm-up warms up over all of it
-  local sched = schedule.training_schedules(setmetatable({warmup_epochs = math.min(cfg.warmup_epochs, cfg.epochs)},
-    {__index = cfg}), niter)
+  local accum = a.accum_iter
+  if accum < 1 then error("train: --accum_iter must be at least 1", 0) end
+  local sched = R.schedules(a, niter, 1)
   local opt = optim.AdamW(optim.param_groups(student))
   local ema = optim.EMA(student, teacher)
-  local state = {center = sere.zeros(1, cfg.out_dim), center2 = sere.zeros(1, 1, cfg.out_dim)}
-  local run = {student = student, teacher = teacher, optimizer = opt, state = state, cfg = cfg}
+  local k_patch = (a.shared_head or a.shared_head_teacher) and a.out_dim or a.patch_out_dim
+  local state = {center = sere.zeros(1, a.out_dim), center2 = sere.zeros(1, 1, k_patch)}
+  local run = {student = student, teacher = teacher, optimizer = opt, state = state, cfg = a}
 
-  local start_epoch = 0
-  local f = io.open(ckpt, "rb")
-  if f then
-    f:close()
-    start_epoch = train.load_checkpoint(ckpt, run)
-    print(string.format("train: resumed from %s at epoch %d", ckpt, start_epoch))
+  local start_it = 0
+  local from = resume_path(a, ckpt)
+  if from then
+    start_it = train.load_checkpoint(from, run)
+    print(string.format("train: resumed from %s at iteration %d (epoch %d, batch %d of %d)", from, start_it,
+      start_it // niter, start_it % niter + 1, niter))
   end
-  print(string.format("train: %d parameters in the student, %d iterations per epoch of %d images, %d epochs",
-    student:num_parameters(), niter, cfg.batch_size_per_gpu, cfg.epochs))
+  print(string.format("train: %d parameters in the student, %d iterations per epoch of %d images, %d epochs%s",
+    student:num_parameters(), niter, a.batch_size_per_gpu, a.epochs,
+    accum > 1 and string.format(", an optimizer step every %d iterations", accum) or ""))
+  if a.use_fp16 then print("train: --use_fp16 has no effect on CPU: training runs in f32") end
 
   local losses, first_loss, last_loss = {}, nil, nil
-  local last_epoch = math.min(cfg.epochs, cfg.stop_after_epochs or cfg.epochs)
+  local total_it = a.epochs * niter
+  local stop_it = a.stop_after_iters > 0 and math.min(a.stop_after_iters, total_it) or total_it
   local t_start, iters_done = sere.clock(), 0
-  for epoch = start_epoch, last_epoch - 1 do
-    local ocfg = objective_cfg(cfg, epoch)
-    local sums, i = {}, 0
+  local function checkpoint(it)
+    run.iteration, run.epoch = it, it // niter
+    train.save_checkpoint(ckpt, run)
+  end
+
+  for epoch = start_it // niter, a.epochs - 1 do
+    local lcfg = R.loss_config(a, epoch)
+    lcfg.heads = lcfg.heads or student.backbone.heads
+    lcfg.accum_iter = accum
+    local first = epoch * niter < start_it and start_it % niter or 0
+    local sums, n = {}, 0
     for _, k in ipairs(METERS) do sums[k] = 0 end
-    for batch in loader:epoch(epoch) do
+    local i = first
+    for batch in loader:epoch(epoch, {start_batch = first + 1}) do
       local it = epoch * niter + i
-      opt:set_lr_wd(sched.lr[it + 1], sched.wd[it + 1])                          -- 8.4 step 1
-      local total, terms = objective.compute(student, teacher, batch, state, ocfg) -- steps 3-4
+      if it >= stop_it then break end
+      local group_start, group_end = it % accum == 0, (it + 1) % accum == 0 or it + 1 == total_it
+      if group_start then opt:set_lr_wd(sched.lr[it + 1], sched.wd[it + 1]) end        -- 8.4 step 1
+      lcfg.update_centers = group_end
+      local total, terms = R.objective(student, teacher, batch, state, lcfg)          -- steps 3-4
       local m = {loss = terms.ibot:item(), cls = terms.cls:item(), patch = terms.mim:item(),
         loss_attn = terms.pixel:item(), loss_attn_ffn = terms.channel:item(), total = total:item()}
-      if m.total ~= m.total or math.abs(m.total) == math.huge then                -- step 5
-        local saved = start_epoch > 0 or epoch > start_epoch
+      if m.total ~= m.total or math.abs(m.total) == math.huge then                    -- step 5
         error(string.format("train: non-finite loss at step %d (epoch %d): cls %g, patch %g, pixel %g, channel %g, "
           .. "total %g; %s", it, epoch, m.cls, m.patch, m.loss_attn, m.loss_attn_ffn, m.total,
-          saved and ("resume from " .. ckpt) or "no checkpoint written yet"), 0)
+          (from or it > 0 and io.open(ckpt, "rb")) and ("resume from " .. ckpt) or "no checkpoint written yet"), 0)
       end
-      m.acc = agreement(terms, cfg.batch_size_per_gpu)                             -- step 6
-      total:backward()                                                             -- step 7
-      optim.update({optimizer = opt, student = student, ema = ema, momentum = sched.momentum[it + 1],
-        clip_grad = cfg.clip_grad, epoch = epoch, freeze_last_layer = cfg.freeze_last_layer})  -- step 8
+      m.acc = agreement(terms, a.batch_size_per_gpu)                                   -- step 6
+      if accum > 1 then total = total / accum end
+      total:backward()                                                                 -- step 7
+      if group_end then                                                                -- step 8
+        optim.update({optimizer = opt, student = student, ema = ema, momentum = sched.momentum[it + 1],
+          clip_grad = a.clip_grad, epoch = epoch, freeze_last_layer = a.freeze_last_layer})
+      end
       losses[it + 1] = m.total
       first_loss, last_loss = first_loss or m.total, m.total
       for _, k in ipairs(METERS) do sums[k] = sums[k] + m[k] end
-      i, iters_done = i + 1, iters_done + 1
+      i, n, iters_done = i + 1, n + 1, iters_done + 1
 
-      if i % cfg.print_freq == 0 or i == niter then                                -- step 9
+      if i % a.print_freq == 0 or i == niter then                                      -- step 9
         local elapsed = sere.clock() - t_start
-        local remaining = (last_epoch - epoch) * niter - i
         print(string.format("[%d/%d] epoch %d/%d  eta %s  %.1f img/s  cls %.4f  patch %.4f  pixel %.4f  "
-          .. "channel %.4f  total %.4f  acc %.2f  lr %.3g  wd %.3g", it + 1, cfg.epochs * niter, epoch + 1, cfg.epochs,
-          clock_str(elapsed / iters_done * remaining), iters_done * cfg.batch_size_per_gpu / elapsed, m.cls, m.patch,
-          m.loss_attn, m.loss_attn_ffn, m.total, m.acc, sched.lr[it + 1], sched.wd[it + 1]))
+          .. "channel %.4f  total %.4f  acc %.2f  lr %.3g  wd %.3g", it + 1, total_it, epoch + 1, a.epochs,
+          clock_str(elapsed / iters_done * (stop_it - it - 1)), iters_done * a.batch_size_per_gpu / elapsed, m.cls,
+          m.patch, m.loss_attn, m.loss_attn_ffn, m.total, m.acc, sched.lr[it + 1], sched.wd[it + 1]))
         io.stdout:flush()
         append_line(log_path, json({step = it + 1, epoch = epoch, cls = m.cls, patch = m.patch, loss = m.loss,
           loss_attn = m.loss_attn, loss_attn_ffn = m.loss_attn_ffn, total = m.total, acc = m.acc,
           lr = sched.lr[it + 1], wd = sched.wd[it + 1]}))
       end
+      if a.saveckp_iters > 0 and (it + 1) % a.saveckp_iters == 0 and group_end and i < niter then
+        checkpoint(it + 1)
+      end
     end
-
-    local rec = {epoch = epoch}
-    for _, k in ipairs(METERS) do rec["train_" .. k] = sums[k] / math.max(i, 1) end
-    append_line(log_path, json(rec))
-    run.epoch, run.iteration = epoch + 1, (epoch + 1) * niter
-    train.save_checkpoint(ckpt, run)
+    local it_next = epoch * niter + i
+    if i == niter then
+      local rec = {epoch = epoch}
+      for _, k in ipairs(METERS) do rec["train_" .. k] = sums[k] / math.max(n, 1) end
+      append_line(log_path, json(rec))
+      checkpoint(it_next)
+      if a.saveckp_freq > 0 and epoch % a.saveckp_freq == 0 and epoch > 0 then
+        train.save_checkpoint(string.format("%s/checkpoint%04d.safetensors", a.output_dir, epoch), run)
+      end
+    elseif it_next > start_it then
+      checkpoint(it_next) -- stopped mid-epoch by --stop_after_iters
+    end
+    if it_next >= stop_it then break end
   end
   loader:close()
   return {student = student, teacher = teacher, losses = losses, first_loss = first_loss, last_loss = last_loss,
-    epoch = last_epoch}
+    iteration = run.iteration or start_it}
 end
 
 return train

@@ -1,11 +1,15 @@
--- test_train.lua — sere.train and sere.eval: a few iterations of a tiny
--- iBOT + SERE run (finite losses, the progress line, the JSON-lines log,
--- the checkpoint and its contents), resume (a run stopped after epoch 1
--- and resumed gives bit-identical losses and weights to an uninterrupted
--- one), the non-finite-loss stop, and the weighted k-NN classifier on
--- hand-made features whose answer is worked out by hand.
+-- test_train.lua — sere.train with the recipe pieces of
+-- recipes/vit_small.lua at tiny sizes: a few iterations (finite losses, the
+-- progress line, the JSON-lines log, the checkpoint and its contents,
+-- numbered copies), exact resume (a run stopped mid-epoch by
+-- --stop_after_iters and resumed gives bit-identical losses and weights to
+-- an uninterrupted one), gradient accumulation, the non-finite-loss stop,
+-- and the weighted k-NN classifier on hand-made features whose answer is
+-- worked out by hand.
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
+local args = require "sere.args"
+local recipe = require "sere.recipe"
 local train = require "sere.train"
 local eval = require "sere.eval"
 
@@ -13,103 +17,126 @@ local base = os.tmpname()
 os.remove(base)
 local function sh(cmd) assert(os.execute(cmd), cmd) end
 
--- 8 random 24x24 images in 2 classes
+-- 12 random 24x24 images in 2 classes: 3 iterations of 4 per epoch
 local root = base .. "_data"
 local gen = sere.Generator(3)
 for c = 1, 2 do
   sh(string.format("mkdir -p %s/class%d", root, c))
-  for n = 1, 4 do
+  for n = 1, 6 do
     sere.image.save_png(string.format("%s/class%d/%d.png", root, c, n),
       sere.rand({24, 24, 3}, {generator = gen}):mul(255):byte())
   end
 end
 
-local function config(out)
-  return {
+local R = recipe.load("recipes/vit_small.lua")
+
+-- The flags of recipes/vit_small.lua with tiny sizes.
+local function config(out, extra)
+  local a = assert(args.try_parse({}, recipe.flags(R.defaults)))
+  local tiny = {
     output_dir = out, data_path = root, seed = 5, num_workers = 2, print_freq = 1,
-    embed_dim = 16, depth = 1, heads = 2, patch_size = 8, drop_path_rate = 0.1,
-    out_dim = 32, head_hidden_dim = 32, bottleneck_dim = 16, norm_last_layer = true, shared_head = true,
-    global_crops_number = 2, global_crops_scale = {0.4, 1}, global_size = 16,
-    local_crops_number = 2, local_crops_scale = {0.1, 0.4}, local_size = 8,
-    pred_ratio = {0, 0.3}, pred_ratio_var = {0, 0.2}, overlap_size = {3, 3}, lg_size = 2,
-    epochs = 2, batch_size_per_gpu = 4, lr = 0.05, min_lr = 1e-5, warmup_epochs = 1,
-    weight_decay = 0.04, weight_decay_end = 0.4, momentum_teacher = 0.99, clip_grad = 3.0, freeze_last_layer = 1,
-    warmup_teacher_temp = 0.04, teacher_temp = 0.07, warmup_teacher_patch_temp = 0.04, teacher_patch_temp = 0.07,
-    warmup_teacher_temp_epochs = 1, student_temp = 0.1, pixel_temp = 0.5, channel_temp = 0.1, center_momentum = 0.9,
-    alpha = 0.2, beta = 0.5, sigma_global = 2, sigma_local = 1,
+    embed_dim = 16, depth = 1, num_heads = 2, patch_size = 8, drop_path = 0.1,
+    out_dim = 32, patch_out_dim = 32, head_hidden_dim = 32, bottleneck_dim = 16, norm_last_layer = true,
+    global_size = 16, local_crops_number = 2, local_crops_scale = {0.1, 0.4}, local_size = 8,
+    overlap_size = {3, 3}, lg_size = 2, epochs = 2, batch_size_per_gpu = 4, lr = 0.05, min_lr = 1e-5,
+    warmup_epochs = 1, momentum_teacher = 0.99, clip_grad = 3.0, teacher_temp = 0.07,
+    warmup_teacher_temp_epochs = 1, use_fp16 = false, saveckp_freq = 1,
   }
+  for k, v in pairs(tiny) do a[k] = v end
+  for k, v in pairs(extra or {}) do a[k] = v end
+  return a
 end
 
--- Runs train.run(cfg) collecting what it prints.
-local function run_quiet(cfg)
+-- Runs train.run collecting what it prints.
+local function run_quiet(a)
   local lines, real_print = {}, print
   print = function(...) lines[#lines + 1] = table.concat({...}, "\t") end
-  local ok, res = pcall(train.run, cfg)
+  local ok, res = pcall(train.run, a, R)
   print = real_print
   if not ok then error(res, 0) end
   return res, lines
 end
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
+local read = T.read_file
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
 end
 
 local full, full_lines = run_quiet(config(base .. "_full"))
 
-T.test("a short run: finite losses, progress lines, JSON log, checkpoint", function()
-  T.eq(#full.losses, 4, "2 epochs of 2 iterations")
+T.test("a short run: finite losses, progress lines, JSON log, checkpoints", function()
+  T.eq(#full.losses, 6, "2 epochs of 3 iterations")
   for it, l in ipairs(full.losses) do assert(l == l and math.abs(l) < math.huge, "loss " .. it .. " is finite") end
   local progress = 0
   for _, line in ipairs(full_lines) do
-    if line:find("^%[%d+/4%] epoch %d/2  eta %d+:%d%d:%d%d  [%d.]+ img/s  cls [%d.]+  patch [%d.]+  pixel [%d.]+  "
+    if line:find("^%[%d+/6%] epoch %d/2  eta %d+:%d%d:%d%d  [%d.]+ img/s  cls [%d.]+  patch [%d.]+  pixel [%d.]+  "
       .. "channel [%d.]+  total [%d.]+  acc [%d.]+  lr [%d.e-]+  wd [%d.e-]+$") then
       progress = progress + 1
     end
   end
-  T.eq(progress, 4, "one progress line per iteration (print_freq 1):\n" .. table.concat(full_lines, "\n"))
-  local log = assert(read(base .. "_full/log.txt"), "log.txt exists")
+  T.eq(progress, 6, "one progress line per iteration (print_freq 1):\n" .. table.concat(full_lines, "\n"))
+  local log = read(base .. "_full/log.txt")
   local _, records = log:gsub('{"acc": [^\n]*"step": %d[^\n]*}\n', "")
   local _, epochs = log:gsub('{"epoch": %d, "train_acc": [^\n]*"train_total": [^\n]*}\n', "")
-  T.eq(records, 4, "interval records")
+  T.eq(records, 6, "interval records")
   T.eq(epochs, 2, "epoch records")
   local t, meta = sere.io.load(base .. "_full/checkpoint.safetensors")
   T.eq(meta.epoch, "2", "next epoch")
-  T.eq(meta.iteration, "4", "iteration")
-  assert(meta.args:find('"batch_size_per_gpu": 4', 1, true), "config saved as JSON")
+  T.eq(meta.iteration, "6", "iteration")
+  assert(meta.args:find('"batch_size_per_gpu": 4', 1, true), "flags saved as JSON")
   assert(t["student.module.backbone.masked_embed"], "student weights")
   assert(t["teacher.module.head.last_layer.weight_v"], "teacher weights")
   assert(t["teacher.module.backbone.masked_embed"] == nil, "the teacher has no mask embedding")
   assert(t["optimizer.backbone.cls_token.exp_avg"], "optimizer state")
   T.eq(t["ibot_loss.center"]:shape()[2], 32, "centre")
   T.eq(t["teacher.module.backbone.cls_token"], full.teacher.backbone.cls_token, "the file holds the final teacher")
-  assert(read(base .. "_full/checkpoint.safetensors.tmp") == nil, "no temporary file left")
+  assert(not exists(base .. "_full/checkpoint.safetensors.tmp"), "no temporary file left")
+  -- saveckp_freq 1: a numbered copy after 0-based epoch 1 (not after epoch 0, as in the reference)
+  assert(exists(base .. "_full/checkpoint0001.safetensors"), "checkpoint0001")
+  assert(not exists(base .. "_full/checkpoint0000.safetensors"), "no checkpoint0000")
 end)
 
-T.test("resume: stopped after epoch 1 and resumed equals the uninterrupted run, bit for bit", function()
-  local cfg = config(base .. "_resume")
-  cfg.stop_after_epochs = 1
-  local first = run_quiet(cfg)
-  T.eq(#first.losses, 2, "one epoch run")
-  cfg.stop_after_epochs = nil
-  local second, lines = run_quiet(cfg)
-  assert(lines[1]:find("resumed from .*checkpoint%.safetensors at epoch 1"), lines[1])
-  T.eq(second.losses[1], nil, "epoch 0 is not run again")
-  for it = 1, 2 do T.eq(first.losses[it], full.losses[it], "epoch 0 loss " .. it) end
-  for it = 3, 4 do T.eq(second.losses[it], full.losses[it], "epoch 1 loss " .. it .. " after resume") end
+T.test("resume mid-epoch: 4 iterations, stop, resume for 2 equals 6 uninterrupted, bit for bit", function()
+  local first = run_quiet(config(base .. "_resume", {stop_after_iters = 4}))
+  T.eq(#first.losses, 4, "stopped after 4 iterations")
+  T.eq(first.iteration, 4, "next iteration")
+  local _, meta = sere.io.load(base .. "_resume/checkpoint.safetensors")
+  T.eq(meta.iteration, "4", "checkpoint at the stop")
+  local second, lines = run_quiet(config(base .. "_resume"))
+  assert(lines[1]:find("resumed from .*checkpoint%.safetensors at iteration 4 %(epoch 1, batch 2 of 3%)"), lines[1])
+  T.eq(second.losses[4], nil, "iteration 3 is not run again")
+  for it = 1, 4 do T.eq(first.losses[it], full.losses[it], "loss " .. it .. " before the stop") end
+  for it = 5, 6 do T.eq(second.losses[it], full.losses[it], "loss " .. it .. " after resume") end
   local a, b = full.teacher:state_dict(), second.teacher:state_dict()
   for name, t in pairs(a) do T.eq(b[name], t, "teacher " .. name) end
   a, b = full.student:state_dict(), second.student:state_dict()
   for name, t in pairs(a) do T.eq(b[name], t, "student " .. name) end
 end)
 
+T.test("--load_from resumes from a named checkpoint; a missing one is an error", function()
+  local out = base .. "_loadfrom"
+  sh("mkdir -p " .. out .. " && cp " .. base .. "_full/checkpoint0001.safetensors " .. out .. "/")
+  local res = run_quiet(config(out, {load_from = "checkpoint0001.safetensors", epochs = 3}))
+  T.eq(res.losses[6], nil, "epochs 0-1 come from the checkpoint")
+  assert(res.losses[7] and res.losses[9], "epoch 2 runs")
+  T.raises(function() run_quiet(config(out, {load_from = "nothing.safetensors"})) end, "no file")
+end)
+
+T.test("gradient accumulation: one optimizer step per accum_iter iterations, lr scaled by it", function()
+  local res = run_quiet(config(base .. "_accum", {accum_iter = 2, epochs = 1, saveckp_freq = 0}))
+  T.eq(#res.losses, 3, "3 iterations")
+  local t = sere.io.load(base .. "_accum/checkpoint.safetensors")
+  -- iterations 0-1 form a group, iteration 2 ends the run (a group cut short by the end)
+  T.eq(t["optimizer.backbone.cls_token.step"]:item(), 2, "two optimizer steps")
+  local s = R.schedules(config("x", {accum_iter = 2, epochs = 1, warmup_epochs = 0}), 3, 1)
+  T.close(s.lr[1], 0.05 * 4 * 2 / 256, 0, 1e-12, "peak lr = lr x batch x accum / 256")
+end)
+
 T.test("a non-finite loss stops the run, naming the step, the terms and the checkpoint", function()
-  local cfg = config(base .. "_nan")
-  cfg.alpha = 0 / 0 -- a NaN loss weight: the total is NaN at the first iteration
-  local err = T.raises(function() run_quiet(cfg) end, "non%-finite loss at step 0 %(epoch 0%)")
+  local a = config(base .. "_nan", {alpha = 0 / 0}) -- a NaN loss weight: the total is NaN at the first iteration
+  local err = T.raises(function() run_quiet(a) end, "non%-finite loss at step 0 %(epoch 0%)")
   assert(err:find("cls") and err:find("pixel") and err:find("channel") and err:find("total"), err)
   assert(err:find("no checkpoint written yet", 1, true), err)
 end)
@@ -140,9 +167,9 @@ end)
 T.test("eval.extract: normalised class tokens, one per image, labels in order", function()
   local ds = sere.dataset_scan(root)
   local f, l = eval.extract(full.teacher.backbone, ds, 16, 3)
-  T.eq(table.concat(f:shape(), "x"), "8x16", "features [N, D]")
-  T.close(f:norm(2, 2), sere.ones(8), 1e-6, 1e-6, "unit norm")
-  T.eq(table.concat(l:totable(), ","), "1,1,1,1,2,2,2,2", "labels")
+  T.eq(table.concat(f:shape(), "x"), "12x16", "features [N, D]")
+  T.close(f:norm(2, 2), sere.ones(12), 1e-6, 1e-6, "unit norm")
+  T.eq(table.concat(l:totable(), ","), "1,1,1,1,1,1,2,2,2,2,2,2", "labels")
   assert(full.teacher.backbone.training, "training mode restored")
   -- one image by hand: its centred resize through the backbone
   local img = sere.augment_normalize(sere.augment_resize(sere.image_load(ds:path(5)), {0, 0, 24, 24}, 16, 16))
@@ -155,5 +182,5 @@ T.test("eval.extract: normalised class tokens, one per image, labels in order", 
   T.close(f:narrow(1, 5, 1), want, 1e-6, 1e-5, "image 5")
 end)
 
-sh(string.format("rm -rf %s_data %s_full %s_resume %s_nan", base, base, base, base))
+sh(string.format("rm -rf %s_data %s_full %s_resume %s_loadfrom %s_accum %s_nan", base, base, base, base, base, base))
 T.finish()
