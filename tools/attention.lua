@@ -31,16 +31,9 @@ local BACKGROUND = {255, 255, 255}
 -- The colour map: evenly spaced anchors, linear in between.
 local COLOURS = sere.tensor({{0, 0, 4}, {87, 16, 110}, {188, 55, 84}, {249, 142, 9}, {252, 255, 164}}, {dtype = "f32"})
 
-local function fail(msg)
-  io.stderr:write("attention: error: ", tostring(msg), "\n")
-  os.exit(1)
-end
+local function fail(msg) args.fail(OPTS, msg) end
 
-local cfg, positional = args.try_parse(arg, SPEC, OPTS)
-if not cfg then
-  if positional == "help" then print(args.usage(SPEC, OPTS)); os.exit(0) end
-  fail(positional)
-end
+local cfg, positional = args.parse(arg, SPEC, OPTS)
 if not cfg.checkpoint then fail("--checkpoint is required (--help lists the flags)") end
 if #positional ~= 2 then
   fail(string.format("want IMAGE and OUT.png, got %d argument%s (usage: sere %s --checkpoint CKPT %s)", #positional,

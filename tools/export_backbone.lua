@@ -24,16 +24,9 @@ local SPEC = {
 local OPTS = {program = "tools/export_backbone.lua", positional = "CHECKPOINT OUT.safetensors",
   description = "Writes the backbone of a sere training checkpoint under the reference names (method.md 10.4)."}
 
-local function fail(msg)
-  io.stderr:write("export_backbone: error: ", tostring(msg), "\n")
-  os.exit(1)
-end
+local function fail(msg) args.fail(OPTS, msg) end
 
-local cfg, positional = args.try_parse(arg, SPEC, OPTS)
-if not cfg then
-  if positional == "help" then print(args.usage(SPEC, OPTS)); os.exit(0) end
-  fail(positional)
-end
+local cfg, positional = args.parse(arg, SPEC, OPTS)
 if #positional ~= 2 then
   fail(string.format("want CHECKPOINT and OUT.safetensors, got %d argument%s (usage: sere %s %s "
     .. "[--which teacher|student])", #positional, #positional == 1 and "" or "s", OPTS.program, OPTS.positional))

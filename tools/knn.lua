@@ -33,16 +33,9 @@ local SPEC = {
 local OPTS = {program = "tools/knn.lua",
   description = "Weighted k-NN classification (method.md 13.2) with a sere backbone's class-token features."}
 
-local function fail(msg)
-  io.stderr:write("knn: error: ", tostring(msg), "\n")
-  os.exit(1)
-end
+local function fail(msg) args.fail(OPTS, msg) end
 
-local cfg, why = args.try_parse(arg, SPEC, OPTS)
-if not cfg then
-  if why == "help" then print(args.usage(SPEC, OPTS)); os.exit(0) end
-  fail(why)
-end
+local cfg, why = args.parse(arg, SPEC, OPTS)
 for _, name in ipairs({"checkpoint", "train_dir", "val_dir"}) do
   if not cfg[name] then fail("--" .. name .. " is required (--help lists the flags)") end
 end

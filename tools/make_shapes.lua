@@ -18,10 +18,7 @@ local SPEC = {
 local OPTS = {program = "tools/make_shapes.lua", positional = "OUT_DIR",
   description = "Draws a 10-class ImageFolder of shapes and textures (sere.synthetic)."}
 local a, positional = args.parse(arg, SPEC, OPTS)
-if #positional ~= 1 then
-  io.stderr:write("tools/make_shapes.lua: error: give one output directory (--help for usage)\n")
-  os.exit(2)
-end
+if #positional ~= 1 then args.fail(OPTS, "give one output directory (--help for usage)") end
 local root = positional[1]
 local wrote = synthetic.make(root, {train_per_class = a.train_per_class, val_per_class = a.val_per_class,
   size = a.size, seed = a.seed})

@@ -187,9 +187,22 @@ function args.try_parse(argv, spec, opts)
   return cfg, positional
 end
 
+-- "knn" for "tools/knn.lua": the name errors are reported under.
+local function short_name(opts)
+  return ((opts and opts.program or "sere"):match("([^/]+)$"):gsub("%.lua$", ""))
+end
+
+--- fail(opts, message): prints "<program>: error: <message>" (the
+--- program's file name without .lua) on stderr and exits 1 — for errors
+--- a script finds after parsing (a missing file, a bad combination).
+function args.fail(opts, message)
+  io.stderr:write(string.format("%s: error: %s\n", short_name(opts), tostring(message)))
+  os.exit(1)
+end
+
 --- parse(argv, spec[, opts]) -> cfg, positional: try_parse, except that
 --- --help prints the usage and exits 0, and a bad command line prints
---- "<program>: error: ..." with a hint and exits 2 (argparse's conventions).
+--- "<program>: error: ..." and exits 2 (argparse's conventions).
 function args.parse(argv, spec, opts)
   opts = opts or {}
   local cfg, positional = args.try_parse(argv, spec, opts)
@@ -198,7 +211,7 @@ function args.parse(argv, spec, opts)
     print(args.usage(spec, opts))
     os.exit(0)
   end
-  io.stderr:write(string.format("%s: error: %s\n", opts.program or "sere", positional))
+  io.stderr:write(string.format("%s: error: %s\n", short_name(opts), positional))
   os.exit(2)
 end
 

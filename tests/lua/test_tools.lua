@@ -37,10 +37,14 @@ local function run(script, ...)
   return code, T.read_file(base .. "/stdout"), T.read_file(base .. "/stderr")
 end
 
--- Expects status 1 and one "<tool>: error: ..." line matching `pattern` (plain text).
+-- Expects one "<tool>: error: ..." line matching `pattern` (plain text)
+-- and exit status 2 for a bad command line (flags, argument count) or 1
+-- for any other error, as argparse-based programs do.
 local function expect_error(pattern, script, ...)
   local code, out, err = run(script, ...)
-  T.eq(code, 1, "exit status of " .. script .. " " .. table.concat({...}, " ") .. " (stderr: " .. err .. ")")
+  local usage = err:find("unknown flag", 1, true) or err:find(" wants ", 1, true) or err:find("must be one of", 1, true)
+    or err:find("unexpected argument", 1, true)
+  T.eq(code, usage and 2 or 1, "exit status of " .. script .. " " .. table.concat({...}, " ") .. " (stderr: " .. err .. ")")
   assert(err:find("^[%w_]+: error: ") and err:find(pattern, 1, true),
     "stderr '" .. err .. "' lacks '" .. pattern .. "'")
   assert(not err:find("traceback"), "no traceback for a user error: " .. err)
