@@ -69,7 +69,7 @@ function R.crops(a)
     local_size = a.local_size, patch_size = a.patch_size,
     pred_ratio = a.use_masked_im_modeling and a.pred_ratio or {0}, pred_ratio_var = a.pred_ratio_var,
     pred_shape = a.pred_shape, pred_start_epoch = a.pred_start_epoch, overlap_size = a.overlap_size,
-    lg_size = a.lg_size})
+    lg_size = a.lg_size, dct_scaling = a.dct_scaling})
 end
 
 --- schedules(a, niter, world) -> per-iteration lr, wd and teacher momentum

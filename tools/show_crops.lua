@@ -13,7 +13,9 @@
 -- overlap grids (method.md 5.6). The global crops' masked 16x16 patches
 -- are darkened.
 -- Crops are shown after augmentation and before normalisation; the sample is
--- the one data.sample(dataset, 1, 0, seed) makes when IMAGE is sample 1.
+-- the one data.sample(dataset, 1, 0, seed) makes when IMAGE is sample 1
+-- (with the recipe's default DCT scaling: a large JPEG is decoded at a
+-- reduced size when every crop allows it, as the loader does).
 local sere = require "sere"
 local data = require "sere.data"
 

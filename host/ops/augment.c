@@ -70,8 +70,8 @@ static void *carve(carver *c, size_t bytes) {
  * next pixel of its dst row, which is written after it, and each load reads
  * one byte past its pixel. The last src row goes byte by byte, so that
  * neither side ever touches a byte beyond the last pixel of its buffer. */
-SERE_WIDE_SIMD static void transpose_rgb(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
-                                         size_t dst_stride) {
+static void transpose_rgb(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
+                          size_t dst_stride) {
   enum { TILE = 16 };
   for (int y0 = 0; y0 < rows - 1; y0 += TILE) {
     int y1 = y0 + TILE < rows - 1 ? y0 + TILE : rows - 1;
