@@ -96,7 +96,8 @@ function R.loss_config(a, epoch)
       a.warmup_teacher_temp_epochs),
     student_temp = 0.1, pixel_temp = a.temperature_pixel, channel_temp = a.temperature_channel,
     center_momentum = 0.9,
-    -- sigma^2 = patches of a crop (14^2 at 224 px, 6^2 at 96 px)
+    -- sigma^2 = patches of a crop: 14^2 at 224 px, 6^2 at 96 px (the reference
+    -- hard-wires 14 and 6; the same at the published crop sizes)
     sigma_global = a.global_size // a.patch_size, sigma_local = a.local_size // a.patch_size,
   }
 end
