@@ -1,8 +1,9 @@
 /* lua_nn_norm.c — the Lua surface of the normalisation ops: layer norm
  * (ops/layernorm.c), L2 normalisation (ops/normalize.c, also the method
  * x:normalize()) and batch norm (ops/batchnorm.c). Optional tensors are
- * nil; dims are 1-based. The SyncBatchNorm hook of the C core is not
- * reachable from here yet (it comes with sere.dist). */
+ * nil; dims are 1-based. batch_norm's `sync` flag connects the C core's
+ * SyncBatchNorm hook to the MPI all-reduce of dist.c. */
+#include "dist.h"
 #include "lua_tensor.h"
 #include "ops/ops.h"
 
@@ -31,7 +32,8 @@ static int l_normalize(lua_State *L) {
   return sere_lua_push(L, sere_l2_normalize(x, dim, eps));
 }
 
-/* sere.batch_norm(x, weight, bias, running_mean, running_var[, training = false][, momentum = 0.1][, eps = 1e-5]) */
+/* sere.batch_norm(x, weight, bias, running_mean, running_var[, training = false][, momentum = 0.1][, eps = 1e-5]
+ *                 [, sync = false]); sync: batch statistics over all ranks (a no-op in a world of 1) */
 static int l_batch_norm(lua_State *L) {
   const char *op = "batch_norm";
   sere_tensor *x = sere_lua_check(L, 1, op);
@@ -41,7 +43,10 @@ static int l_batch_norm(lua_State *L) {
     return luaL_error(L, "%s: argument #6 (training): expected a boolean, got %s", op, luaL_typename(L, 6));
   int training = lua_toboolean(L, 6);
   double momentum = luaL_optnumber(L, 7, 0.1), eps = luaL_optnumber(L, 8, 1e-5);
-  return sere_lua_push(L, sere_batch_norm(x, w, b, rm, rv, training, momentum, eps, NULL));
+  if (!lua_isnoneornil(L, 9) && !lua_isboolean(L, 9))
+    return luaL_error(L, "%s: argument #9 (sync): expected a boolean, got %s", op, luaL_typename(L, 9));
+  const sere_bn_sync *sync = lua_toboolean(L, 9) ? sere_dist_bn_sync() : NULL;
+  return sere_lua_push(L, sere_batch_norm(x, w, b, rm, rv, training, momentum, eps, sync));
 }
 
 void sere_lua_open_nn_norm(lua_State *L) {

@@ -13,9 +13,13 @@
 #include <unistd.h>
 
 #include "cpu_setup.h"
+#include "dist.h"
+#include "lua_dist.h"
 #include "lua_tensor.h"
 #include "repl.h"
 
+/* "sere", or "sere (rank 1 of 4)" in a distributed run, so that every
+ * message says which process it comes from. */
 static const char *progname = "sere";
 
 static void usage(FILE *f) {
@@ -80,6 +84,8 @@ static int setup_paths(lua_State *L) {
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_sere_core);
   lua_setfield(L, -2, "sere.core");
+  lua_pushcfunction(L, luaopen_sere_dist_core);
+  lua_setfield(L, -2, "sere.dist_core");
   lua_pop(L, 2);
   return 0;
 }
@@ -192,6 +198,17 @@ int main(int argc, char **argv) {
   options o;
   int early = parse_args(argc, argv, &o);
   if (early) return early - 1;
+  /* Under mpirun / srun: MPI from here on, and an error exit (status != 0)
+   * aborts every rank of the job (dist.c). */
+  if (sere_dist_init()) {
+    fprintf(stderr, "%s: %s\n", progname, sere_last_error());
+    return 1;
+  }
+  static char rank_name[64];
+  if (sere_dist_is_distributed()) {
+    snprintf(rank_name, sizeof rank_name, "%s (rank %d of %d)", progname, sere_dist_rank(), sere_dist_world_size());
+    progname = rank_name;
+  }
 
   lua_State *L = luaL_newstate();
   if (!L) {

@@ -43,19 +43,26 @@ R.extra_flags = {
 
 function R:run(a)
   local t0 = sere.clock()
+  local main = sere.dist.rank() == 0 -- under mpirun, rank 0 draws the data, prints and evaluates
   if a.data_path == "" then
     local root = a.output_dir .. "/data"
-    synthetic.make(root, {train_per_class = a.train_per_class, val_per_class = a.val_per_class, size = a.image_size,
-      seed = a.seed})
+    if main then
+      synthetic.make(root, {train_per_class = a.train_per_class, val_per_class = a.val_per_class,
+        size = a.image_size, seed = a.seed})
+    end
+    sere.dist.barrier()
     a.data_path, a.val_path = root .. "/train", root .. "/val"
   elseif a.val_path == "" then
     error("tiny: --data_path needs --val_path (the k-NN query images)", 0)
   end
   local train_ds, val_ds = sere.dataset_scan(a.data_path), sere.dataset_scan(a.val_path)
-  print(string.format("tiny: %d training images, %d validation images in %d classes (%s)", #train_ds, #val_ds,
-    train_ds.num_classes, a.data_path))
+  if main then
+    print(string.format("tiny: %d training images, %d validation images in %d classes (%s)", #train_ds, #val_ds,
+      train_ds.num_classes, a.data_path))
+  end
 
   local result = train.run(a, self)
+  if not main then return {result = result} end
 
   local function knn_top1(backbone)
     local ftr, ltr = eval.extract(backbone, train_ds, a.global_size)
@@ -72,7 +79,7 @@ function R:run(a)
 end
 
 local res = R:main(...)
-if res ~= R and res.trained <= res.random then
+if res ~= R and res.trained and res.trained <= res.random then
   io.stderr:write("tiny: the trained features do not beat random ones\n")
   os.exit(1)
 end

@@ -12,6 +12,7 @@ PACKAGES=(
   clang libclang-rt-14-dev libomp-14-dev        # fuzzer and sanitizer builds (clang, its runtimes, its OpenMP)
   libturbojpeg0-dev libpng-dev                  # image decoding (JPEG, PNG)
   python3 python3-pil                           # tests: drives the REPL; writes the image reference data
+  libopenmpi-dev openmpi-bin                    # data-parallel training across processes (mpirun), its tests
 )
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }

@@ -42,6 +42,9 @@ sere.image = prefixed("image")
 sere.augment = prefixed("augment")
 sere.data = prefixed("dataset") -- require "sere.data" adds the Loader and recipes to this table
 
+--- sere.dist: ranks and collectives of a data-parallel run (rank 0 of 1 when started alone).
+sere.dist = require "sere.dist"
+
 --- sere.cuda: device queries (the tensor backend arrives with issue 6).
 sere.cuda = {
   is_available = core.cuda_is_available,

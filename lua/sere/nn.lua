@@ -425,7 +425,9 @@ nn.PatchEmbed = PatchEmbed
 --- BatchNorm(C[, opts]) over dim 2 of [B, C, ...]: batch statistics in
 --- training mode (running statistics updated with momentum), running
 --- statistics in eval mode. opts: eps (1e-5), momentum (0.1), affine (true).
---- Set bn.sync = {allreduce_sum = ...} (sere.dist) for SyncBatchNorm.
+--- bn.sync = true makes it a SyncBatchNorm: training-mode statistics (and
+--- their gradient terms) over the batches of all ranks of sere.dist
+--- (dist.sync_batchnorm(model) sets it on every BatchNorm of a model).
 local BatchNorm = nn.class("BatchNorm")
 function BatchNorm:__init(c, opts)
   opts = opts or {}
@@ -443,7 +445,7 @@ function BatchNorm:forward(x)
     sere.no_grad(function() self.num_batches_tracked:add_(1) end)
   end
   return sere.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, self.training,
-    self.momentum, self.eps)
+    self.momentum, self.eps, self.sync == true)
 end
 nn.BatchNorm = BatchNorm
 

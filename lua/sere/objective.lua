@@ -17,8 +17,11 @@
 -- (0.9), sigma_global (14), sigma_local (6), and for gradient accumulation
 -- accum_iter (1) and update_centers (true: the last iteration of an
 -- accumulation group; until then the teacher's batch sums are accumulated
--- in state.center_accum / state.center2_accum, 7.4).
+-- in state.center_accum / state.center2_accum, 7.4). Under mpirun the
+-- centres' batch sums are all-reduced over the ranks (sere.dist), so every
+-- rank keeps the same centres.
 local sere = require "sere"
+local dist = require "sere.dist"
 local loss = require "sere.loss"
 
 local objective = {}
@@ -78,23 +81,22 @@ function objective.compute(student, teacher, batch, state, cfg)
   local total = loss.total_loss(terms.ibot, terms.pixel, terms.channel, cfg.alpha, cfg.beta)
 
   -- 4. centres, from the raw teacher logits of this iteration, or of the
-  -- whole accumulation group (7.4)
+  -- whole accumulation group, summed over all ranks (7.4: divided by
+  -- 2B * W * accum_iter)
   local m = cfg.center_momentum or 0.9
   local accum = cfg.accum_iter or 1
-  if accum == 1 then
-    loss.update_center(state.center, t_cls:mean(1, true), m)
-    loss.update_center(state.center2, t_patch_mean:mean(1, true), m)
-  else
-    sere.no_grad(function()
-      state.center_accum = (state.center_accum or sere.zeros_like(state.center)) + t_cls:sum(1, true)
-      state.center2_accum = (state.center2_accum or sere.zeros_like(state.center2)) + t_patch_mean:sum(1, true)
-    end)
-    if cfg.update_centers ~= false then
-      local rows = t_cls:shape()[1] * accum
-      loss.update_center(state.center, state.center_accum / rows, m)
-      loss.update_center(state.center2, state.center2_accum / rows, m)
-      state.center_accum, state.center2_accum = nil, nil
-    end
+  local sum, sum2 = t_cls:sum(1, true), t_patch_mean:sum(1, true) -- no grad: teacher outputs
+  if accum > 1 then
+    if state.center_accum then sum, sum2 = state.center_accum + sum, state.center2_accum + sum2 end
+    state.center_accum, state.center2_accum = sum, sum2
+  end
+  if accum == 1 or cfg.update_centers ~= false then
+    dist.all_reduce(sum, "sum")
+    dist.all_reduce(sum2, "sum")
+    local rows = t_cls:shape()[1] * accum * dist.world_size()
+    loss.update_center(state.center, sum / rows, m)
+    loss.update_center(state.center2, sum2 / rows, m)
+    state.center_accum, state.center2_accum = nil, nil
   end
 
   terms.teacher_cls, terms.student_cls = t_cls, s_cls

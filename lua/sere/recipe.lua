@@ -95,6 +95,8 @@ recipe.SERE_FLAGS = {
   {"local_size", 96, "sere: local crop size in pixels"},
   {"lg_size", 6, "sere: local/global overlap grid points per side"},
   {"dct_scaling", true, "sere: decode a JPEG at 1/2, 1/4 or 1/8 size (DCT scaling) when every crop allows it"},
+  {"resume", nil, "sere: checkpoint to resume from, a path as given (default: output_dir/checkpoint.safetensors "
+    .. "when it exists)", type = "string"},
   {"print_freq", 10, "sere: iterations between progress lines"},
   {"saveckp_iters", 0, "sere: also write checkpoint.safetensors every this many iterations (0: per epoch only)"},
   {"stop_after_iters", 0, "sere: stop after this many iterations in all, with a checkpoint (0: run to the end)"},

@@ -19,8 +19,19 @@
 -- positive multiple of --saveckp_freq. Resuming restores all of it, and the
 -- loader re-derives the data order from (seed, epoch) and starts mid-epoch,
 -- so a resumed CPU run continues exactly like an uninterrupted one.
+--
+-- Under mpirun (method.md section 9) every rank runs this loop on its
+-- shard of each epoch (data.Loader's rank / world_size) with batch
+-- --batch_size_per_gpu: the learning rate scales with the global batch,
+-- rank 0's initial weights are broadcast, every BatchNorm is synchronised,
+-- gradients are averaged over ranks before clipping, the centres use
+-- all-reduced teacher statistics (sere.objective), the meters are averaged
+-- over ranks, and a non-finite loss on any rank stops all of them. Only
+-- rank 0 prints and writes the log and checkpoints; every rank reads the
+-- checkpoint it resumes from.
 local sere = require "sere"
 local data = require "sere.data"
+local dist = require "sere.dist"
 local optim = require "sere.optim"
 
 local train = {}
@@ -131,9 +142,36 @@ end
 
 local METERS = {"loss", "cls", "patch", "loss_attn", "loss_attn_ffn", "total", "acc"}
 
--- The checkpoint to resume from: --load_from (relative to output_dir, as
--- in the reference), else output_dir/checkpoint.safetensors if it exists.
+-- The meters averaged over ranks (every rank has B images, so the mean of
+-- the ranks' means is the mean over the global batch; 9, 10.2).
+local function mean_over_ranks(m)
+  local v = {}
+  for i, k in ipairs(METERS) do v[i] = m[k] end
+  v = dist.all_reduce(sere.tensor(v, {dtype = "f32"}), "avg"):totable()
+  local out = {}
+  for i, k in ipairs(METERS) do out[k] = v[i] end
+  return out
+end
+
+-- The ranks (0-based) whose own total loss is not finite, as "1, 3".
+local function nonfinite_ranks(total)
+  local bad = {}
+  for r, x in ipairs(dist.all_gather(sere.tensor({total}, {dtype = "f32"})):totable()) do
+    if x ~= x or math.abs(x) == math.huge then bad[#bad + 1] = tostring(r - 1) end
+  end
+  return table.concat(bad, ", ")
+end
+
+-- The checkpoint to resume from: --resume (a path as given), --load_from
+-- (relative to output_dir, as in the reference), else
+-- output_dir/checkpoint.safetensors if it exists.
 local function resume_path(a, ckpt)
+  if a.resume then
+    local f = io.open(a.resume, "rb")
+    if not f then error("train: --resume " .. a.resume .. ": no such file", 0) end
+    f:close()
+    return a.resume
+  end
   if a.load_from then
     local p = a.load_from:sub(1, 1) == "/" and a.load_from or (a.output_dir .. "/" .. a.load_from)
     if not io.open(p, "rb") then error("train: --load_from " .. a.load_from .. ": no file " .. p, 0) end
@@ -143,28 +181,32 @@ local function resume_path(a, ckpt)
   if f then f:close() return ckpt end
 end
 
---- run(a, R) -> {student, teacher, losses, first_loss, last_loss,
+--- run(a, R) -> {student, teacher, state, losses, first_loss, last_loss,
 --- iteration}: trains with recipe R's pieces and flags `a` (every flag of
---- sere.recipe), resuming as described at the top. losses[it + 1] is the
---- total loss of global iteration it, for the iterations run in this call;
+--- sere.recipe), resuming as described at the top. state holds the
+--- centres (center, center2). losses[it + 1] is the total loss of global
+--- iteration it (the mean over ranks), for the iterations run in this call;
 --- first_loss / last_loss those of its first and last iteration;
 --- iteration the next global iteration. --stop_after_iters N ends the call
 --- after global iteration N - 1, with a checkpoint there.
 function train.run(a, R)
   assert(a.output_dir and a.data_path, "train.run: output_dir and data_path are required")
-  assert(os.execute("mkdir -p '" .. a.output_dir .. "'"), "train: cannot create " .. a.output_dir)
+  local rank, world = dist.rank(), dist.world_size()
+  local main = rank == 0
+  local function say(...) if main then print(string.format(...)) end end
+  if main then assert(os.execute("mkdir -p '" .. a.output_dir .. "'"), "train: cannot create " .. a.output_dir) end
   local ckpt = a.output_dir .. "/checkpoint.safetensors"
   local log_path = a.output_dir .. "/log.txt"
-  sere.manual_seed(a.seed)
+  sere.manual_seed(a.seed) -- the same seed on every rank (9)
 
   local student, teacher = R.networks(a)
   local loader = data.Loader({dataset = a.data_path, recipe = R.crops(a), batch_size = a.batch_size_per_gpu,
-    threads = a.num_workers, seed = a.seed})
+    threads = a.num_workers, seed = a.seed, rank = rank, world_size = world})
   local niter = loader:num_batches()
-  if niter == 0 then error("train: the dataset holds fewer images than one batch", 0) end
+  if niter == 0 then error("train: the dataset holds fewer images than one batch on each rank", 0) end
   local accum = a.accum_iter
   if accum < 1 then error("train: --accum_iter must be at least 1", 0) end
-  local sched = R.schedules(a, niter, 1)
+  local sched = R.schedules(a, niter, world)
   local opt = optim.AdamW(optim.param_groups(student))
   local ema = optim.EMA(student, teacher)
   local k_patch = (a.shared_head or a.shared_head_teacher) and a.out_dim or a.patch_out_dim
@@ -175,13 +217,21 @@ function train.run(a, R)
   local from = resume_path(a, ckpt)
   if from then
     start_it = train.load_checkpoint(from, run)
-    print(string.format("train: resumed from %s at iteration %d (epoch %d, batch %d of %d)", from, start_it,
-      start_it // niter, start_it % niter + 1, niter))
+    say("train: resumed from %s at iteration %d (epoch %d, batch %d of %d)", from, start_it, start_it // niter,
+      start_it % niter + 1, niter)
   end
-  print(string.format("train: %d parameters in the student, %d iterations per epoch of %d images, %d epochs%s",
-    student:num_parameters(), niter, a.batch_size_per_gpu, a.epochs,
-    accum > 1 and string.format(", an optimizer step every %d iterations", accum) or ""))
-  if a.use_fp16 then print("train: --use_fp16 has no effect on CPU: training runs in f32") end
+  if world > 1 then
+    -- identical starting points (9), and SyncBatchNorm in both networks (4.7)
+    dist.broadcast_module(student)
+    dist.broadcast_module(teacher)
+    dist.sync_batchnorm(student)
+    dist.sync_batchnorm(teacher)
+  end
+  say("train: %d parameters in the student, %d iterations per epoch of %d images%s, %d epochs%s",
+    student:num_parameters(), niter, a.batch_size_per_gpu * world,
+    world > 1 and string.format(" (%d ranks of %d)", world, a.batch_size_per_gpu) or "", a.epochs,
+    accum > 1 and string.format(", an optimizer step every %d iterations", accum) or "")
+  if a.use_fp16 then say("train: --use_fp16 has no effect on CPU: training runs in f32") end
 
   local losses, first_loss, last_loss = {}, nil, nil
   local total_it = a.epochs * niter
@@ -189,7 +239,7 @@ function train.run(a, R)
   local t_start, iters_done = sere.clock(), 0
   local function checkpoint(it)
     run.iteration, run.epoch = it, it // niter
-    train.save_checkpoint(ckpt, run)
+    if main then train.save_checkpoint(ckpt, run) end
   end
 
   for epoch = start_it // niter, a.epochs - 1 do
@@ -208,16 +258,21 @@ function train.run(a, R)
       lcfg.update_centers = group_end
       local total, terms = R.objective(student, teacher, batch, state, lcfg)          -- steps 3-4
       local m = {loss = terms.ibot:item(), cls = terms.cls:item(), patch = terms.mim:item(),
-        loss_attn = terms.pixel:item(), loss_attn_ffn = terms.channel:item(), total = total:item()}
+        loss_attn = terms.pixel:item(), loss_attn_ffn = terms.channel:item(), total = total:item(),
+        acc = agreement(terms, a.batch_size_per_gpu)}                                  -- step 6
+      local own_total = m.total
+      -- a non-finite loss on any rank makes the mean non-finite on all: all stop
+      if world > 1 then m = mean_over_ranks(m) end
       if m.total ~= m.total or math.abs(m.total) == math.huge then                    -- step 5
-        error(string.format("train: non-finite loss at step %d (epoch %d): cls %g, patch %g, pixel %g, channel %g, "
-          .. "total %g; %s", it, epoch, m.cls, m.patch, m.loss_attn, m.loss_attn_ffn, m.total,
+        error(string.format("train: non-finite loss at step %d (epoch %d)%s: cls %g, patch %g, pixel %g, channel %g, "
+          .. "total %g; %s", it, epoch, world > 1 and " on rank " .. nonfinite_ranks(own_total) or "", m.cls,
+          m.patch, m.loss_attn, m.loss_attn_ffn, m.total,
           (from or it > 0 and io.open(ckpt, "rb")) and ("resume from " .. ckpt) or "no checkpoint written yet"), 0)
       end
-      m.acc = agreement(terms, a.batch_size_per_gpu)                                   -- step 6
       if accum > 1 then total = total / accum end
       total:backward()                                                                 -- step 7
       if group_end then                                                                -- step 8
+        dist.average_gradients(student:parameters()) -- over ranks, before clipping (8.7)
         optim.update({optimizer = opt, student = student, ema = ema, momentum = sched.momentum[it + 1],
           clip_grad = a.clip_grad, epoch = epoch, freeze_last_layer = a.freeze_last_layer})
       end
@@ -226,12 +281,12 @@ function train.run(a, R)
       for _, k in ipairs(METERS) do sums[k] = sums[k] + m[k] end
       i, n, iters_done = i + 1, n + 1, iters_done + 1
 
-      if i % a.print_freq == 0 or i == niter then                                      -- step 9
+      if main and (i % a.print_freq == 0 or i == niter) then                           -- step 9
         local elapsed = sere.clock() - t_start
         print(string.format("[%d/%d] epoch %d/%d  eta %s  %.1f img/s  cls %.4f  patch %.4f  pixel %.4f  "
           .. "channel %.4f  total %.4f  acc %.2f  lr %.3g  wd %.3g", it + 1, total_it, epoch + 1, a.epochs,
-          clock_str(elapsed / iters_done * (stop_it - it - 1)), iters_done * a.batch_size_per_gpu / elapsed, m.cls,
-          m.patch, m.loss_attn, m.loss_attn_ffn, m.total, m.acc, sched.lr[it + 1], sched.wd[it + 1]))
+          clock_str(elapsed / iters_done * (stop_it - it - 1)), iters_done * a.batch_size_per_gpu * world / elapsed,
+          m.cls, m.patch, m.loss_attn, m.loss_attn_ffn, m.total, m.acc, sched.lr[it + 1], sched.wd[it + 1]))
         io.stdout:flush()
         append_line(log_path, json({step = it + 1, epoch = epoch, cls = m.cls, patch = m.patch, loss = m.loss,
           loss_attn = m.loss_attn, loss_attn_ffn = m.loss_attn_ffn, total = m.total, acc = m.acc,
@@ -245,9 +300,9 @@ function train.run(a, R)
     if i == niter then
       local rec = {epoch = epoch}
       for _, k in ipairs(METERS) do rec["train_" .. k] = sums[k] / math.max(n, 1) end
-      append_line(log_path, json(rec))
+      if main then append_line(log_path, json(rec)) end
       checkpoint(it_next)
-      if a.saveckp_freq > 0 and epoch % a.saveckp_freq == 0 and epoch > 0 then
+      if main and a.saveckp_freq > 0 and epoch % a.saveckp_freq == 0 and epoch > 0 then
         train.save_checkpoint(string.format("%s/checkpoint%04d.safetensors", a.output_dir, epoch), run)
       end
     elseif it_next > start_it then
@@ -256,8 +311,9 @@ function train.run(a, R)
     if it_next >= stop_it then break end
   end
   loader:close()
-  return {student = student, teacher = teacher, losses = losses, first_loss = first_loss, last_loss = last_loss,
-    iteration = run.iteration or start_it}
+  dist.barrier() -- rank 0's files are complete before any rank goes on
+  return {student = student, teacher = teacher, state = state, losses = losses, first_loss = first_loss,
+    last_loss = last_loss, iteration = run.iteration or start_it}
 end
 
 return train

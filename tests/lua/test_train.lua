@@ -115,13 +115,19 @@ T.test("resume mid-epoch: 4 iterations, stop, resume for 2 equals 6 uninterrupte
   for name, t in pairs(a) do T.eq(b[name], t, "student " .. name) end
 end)
 
-T.test("--load_from resumes from a named checkpoint; a missing one is an error", function()
+T.test("--load_from and --resume resume from a named checkpoint; a missing one is an error", function()
   local out = base .. "_loadfrom"
   sh("mkdir -p " .. out .. " && cp " .. base .. "_full/checkpoint0001.safetensors " .. out .. "/")
   local res = run_quiet(config(out, {load_from = "checkpoint0001.safetensors", epochs = 3}))
   T.eq(res.losses[6], nil, "epochs 0-1 come from the checkpoint")
   assert(res.losses[7] and res.losses[9], "epoch 2 runs")
   T.raises(function() run_quiet(config(out, {load_from = "nothing.safetensors"})) end, "no file")
+  -- --resume takes a path as given
+  local other = base .. "_resumeflag"
+  res = run_quiet(config(other, {resume = base .. "_full/checkpoint0001.safetensors", epochs = 3}))
+  T.eq(res.losses[6], nil, "--resume: epochs 0-1 come from the checkpoint")
+  assert(res.losses[7], "--resume: epoch 2 runs")
+  T.raises(function() run_quiet(config(other, {resume = other .. "/none.safetensors"})) end, "no such file")
 end)
 
 T.test("gradient accumulation: one optimizer step per accum_iter iterations, lr scaled by it", function()
@@ -182,5 +188,6 @@ T.test("eval.extract: normalised class tokens, one per image, labels in order", 
   T.close(f:narrow(1, 5, 1), want, 1e-6, 1e-5, "image 5")
 end)
 
-sh(string.format("rm -rf %s_data %s_full %s_resume %s_loadfrom %s_accum %s_nan", base, base, base, base, base, base))
+sh(string.format("rm -rf %s_data %s_full %s_resume %s_loadfrom %s_resumeflag %s_accum %s_nan", base, base, base, base, base, base,
+  base))
 T.finish()
