@@ -12,93 +12,12 @@
 local sere = require "sere"
 local nn = require "sere.nn"
 
+local json = require "sere.json"
+
 local eval = {}
 
 local function shape_str(t) return "[" .. table.concat(t:shape(), ", ") .. "]" end
 
--- ---- JSON (the checkpoint's "args" metadata) ---------------------------------------------
-
--- Decodes one JSON text (objects, arrays, strings, numbers, true, false,
--- null -> nil) into Lua values; `what` names the text in errors.
-local function json_decode(text, what)
-  local pos = 1
-  local function fail(msg) error(string.format("%s: invalid JSON at byte %d: %s", what, pos, msg), 0) end
-  local function skip() pos = text:find("[^ \t\r\n]", pos) or #text + 1 end
-  local ESCAPES = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t"}
-  local LITERALS = {{"true", true}, {"false", false}, {"null", nil}}
-  local value
-  local function string_value()
-    local parts = {}
-    pos = pos + 1
-    while true do
-      local stop = text:find('["\\]', pos)
-      if not stop then fail("unterminated string") end
-      parts[#parts + 1] = text:sub(pos, stop - 1)
-      pos = stop + 1
-      if text:sub(stop, stop) == '"' then return table.concat(parts) end
-      local c = text:sub(pos, pos)
-      if c == "u" then
-        local hex = text:match("^%x%x%x%x", pos + 1)
-        if not hex then fail("bad \\u escape") end
-        parts[#parts + 1] = utf8.char(tonumber(hex, 16))
-        pos = pos + 5
-      elseif ESCAPES[c] then
-        parts[#parts + 1] = ESCAPES[c]
-        pos = pos + 1
-      else
-        fail("bad escape '\\" .. c .. "'")
-      end
-    end
-  end
-  local function container(close, item)
-    local out = {}
-    pos = pos + 1
-    skip()
-    if text:sub(pos, pos) == close then pos = pos + 1; return out end
-    while true do
-      item(out)
-      skip()
-      local c = text:sub(pos, pos)
-      pos = pos + 1
-      if c == close then return out end
-      if c ~= "," then fail("expected ',' or '" .. close .. "'") end
-    end
-  end
-  function value()
-    skip()
-    local c = text:sub(pos, pos)
-    if c == "{" then
-      return container("}", function(out)
-        skip()
-        if text:sub(pos, pos) ~= '"' then fail("expected a key") end
-        local k = string_value()
-        skip()
-        if text:sub(pos, pos) ~= ":" then fail("expected ':'") end
-        pos = pos + 1
-        out[k] = value()
-      end)
-    elseif c == "[" then
-      return container("]", function(out) out[#out + 1] = value() end)
-    elseif c == '"' then
-      return string_value()
-    end
-    for _, literal in ipairs(LITERALS) do
-      if text:sub(pos, pos + #literal[1] - 1) == literal[1] then
-        pos = pos + #literal[1]
-        return literal[2]
-      end
-    end
-    local num = text:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-    if not num or num == "" or not tonumber(num) then fail("unexpected '" .. c .. "'") end
-    pos = pos + #num
-    return math.tointeger(tonumber(num)) or tonumber(num)
-  end
-  local v = value()
-  skip()
-  if pos <= #text then fail("trailing characters") end
-  return v
-end
-eval.json_decode = json_decode
 
 -- ---- the backbone of a checkpoint or of an exported file ----------------------------------
 
@@ -186,7 +105,7 @@ function eval.read_backbone(path, which)
     if not meta.args then
       error(path .. ": a checkpoint without the 'args' metadata (the training configuration)", 0)
     end
-    local info = eval.backbone_config(json_decode(meta.args, path .. ": metadata 'args'"), path .. ": args")
+    local info = eval.backbone_config(json.decode(meta.args, path .. ": metadata 'args'"), path .. ": args")
     info.which, info.source, info.kind = which, path, "checkpoint"
     local prefix = which .. ".module.backbone."
     local out = {}

@@ -33,38 +33,10 @@ local sere = require "sere"
 local data = require "sere.data"
 local dist = require "sere.dist"
 local optim = require "sere.optim"
+local json = require("sere.json").encode
 
 local train = {}
 
--- ---- JSON (the log and the saved configuration) ---------------------------------
-
-local function json(v)
-  local t = type(v)
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "null" end
-    return math.type(v) == "integer" and tostring(v) or string.format("%.8g", v)
-  elseif t == "string" then
-    return '"' .. v:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
-  elseif t == "boolean" then
-    return tostring(v)
-  elseif t == "table" then
-    if #v > 0 or next(v) == nil then
-      local items = {}
-      for i, x in ipairs(v) do items[i] = json(x) end
-      return "[" .. table.concat(items, ", ") .. "]"
-    end
-    local keys = {}
-    for k, x in pairs(v) do
-      if type(k) == "string" and type(x) ~= "function" and type(x) ~= "userdata" then keys[#keys + 1] = k end
-    end
-    table.sort(keys)
-    local items = {}
-    for i, k in ipairs(keys) do items[i] = json(k) .. ": " .. json(v[k]) end
-    return "{" .. table.concat(items, ", ") .. "}"
-  end
-  return "null"
-end
-train.json = json
 
 local function append_line(path, line)
   local f = assert(io.open(path, "a"))
