@@ -256,6 +256,28 @@ T.test("long sums are accurate: 10^6 values to 1e-6, 2^25 ones exactly", functio
   T.eq(sere.ones(33554432):mean():item(), 1.0)
 end)
 
+T.test("sums around the kernel's 16- and 128-element blocks match a float64 reference", function()
+  -- rows: the reduced dim is innermost; columns: the reduced dim leads
+  for _, n in ipairs({1, 15, 16, 17, 127, 128, 129, 255, 257, 1031}) do
+    local x = rnd(3, n)
+    T.close(x:sum(2), (ref_reduce(x, 2, false, lsum)), 1e-5, F32_RTOL, "row sums of length " .. n)
+    T.close(x:mean(), lmean(values_of(x)), 1e-6, F32_RTOL, "mean of " .. 3 * n)
+    local c = rnd(n, 5)
+    T.close(c:sum(1), (ref_reduce(c, 1, false, lsum)), 1e-5, F32_RTOL, "column sums over " .. n .. " rows")
+  end
+  -- strided inputs of odd sizes, big enough for the threaded paths
+  local views = {
+    transposed = rnd(301, 263):t(),
+    narrowed = rnd(389, 300):narrow(2, 3, 257):narrow(1, 2, 385),
+  }
+  for name, v in pairs(views) do
+    for _, dims in ipairs({false, 1, 2}) do
+      if dims == false then dims = nil end
+      T.close(v:sum(dims), (ref_reduce(v, dims, false, lsum)), 1e-4, F32_RTOL, "sum " .. name .. " dims " .. tostring(dims))
+    end
+  end
+end)
+
 T.test("integer inputs: exact i64 sums, bool counts, max/min exact", function()
   local big = sere.tensor({9007199254740993, 1, -5}) -- 2^53 + 1: not representable in double
   T.eq(big:dtype(), "i64")
