@@ -72,12 +72,6 @@ function eval.backbone_config(cfg, what)
   return c
 end
 
-local function file_exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
 --- read_backbone(path[, which]) -> tensors, info. path: a training
 --- checkpoint (train.save_checkpoint) or a backbone exported by
 --- tools/export_backbone.lua. From a checkpoint, `which` ("teacher", the
@@ -92,7 +86,7 @@ function eval.read_backbone(path, which)
   if which ~= nil and which ~= "teacher" and which ~= "student" then
     error(string.format("which must be 'teacher' or 'student', got '%s'", tostring(which)), 0)
   end
-  if type(path) ~= "string" or not file_exists(path) then
+  if type(path) ~= "string" or not sere.io.exists(path) then
     error(string.format("cannot open '%s': no such file or not readable", tostring(path)), 0)
   end
   local t, meta = sere.io.load(path)

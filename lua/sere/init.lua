@@ -26,6 +26,13 @@ sere.testing = require "sere.testing"
 --- sere.io: tensors to and from safetensors files (see docs/lua-api.md).
 sere.io = {save = core.io_save, load = core.io_load}
 
+--- sere.io.exists(path): true if path names a file that can be opened for reading.
+function sere.io.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
 core._tensor_mt.__tostring = require("sere.print").tostring
 
 --- sere.image, sere.augment, sere.data: the image pipeline's building blocks

@@ -139,18 +139,15 @@ end
 -- output_dir/checkpoint.safetensors if it exists.
 local function resume_path(a, ckpt)
   if a.resume then
-    local f = io.open(a.resume, "rb")
-    if not f then error("train: --resume " .. a.resume .. ": no such file", 0) end
-    f:close()
+    if not sere.io.exists(a.resume) then error("train: --resume " .. a.resume .. ": no such file", 0) end
     return a.resume
   end
   if a.load_from then
     local p = a.load_from:sub(1, 1) == "/" and a.load_from or (a.output_dir .. "/" .. a.load_from)
-    if not io.open(p, "rb") then error("train: --load_from " .. a.load_from .. ": no file " .. p, 0) end
+    if not sere.io.exists(p) then error("train: --load_from " .. a.load_from .. ": no file " .. p, 0) end
     return p
   end
-  local f = io.open(ckpt, "rb")
-  if f then f:close() return ckpt end
+  if sere.io.exists(ckpt) then return ckpt end
 end
 
 --- run(a, R) -> {student, teacher, state, losses, first_loss, last_loss,
@@ -239,7 +236,7 @@ function train.run(a, R)
         error(string.format("train: non-finite loss at step %d (epoch %d)%s: cls %g, patch %g, pixel %g, channel %g, "
           .. "total %g; %s", it, epoch, world > 1 and " on rank " .. nonfinite_ranks(own_total) or "", m.cls,
           m.patch, m.loss_attn, m.loss_attn_ffn, m.total,
-          (from or it > 0 and io.open(ckpt, "rb")) and ("resume from " .. ckpt) or "no checkpoint written yet"), 0)
+          (from or it > 0 and sere.io.exists(ckpt)) and ("resume from " .. ckpt) or "no checkpoint written yet"), 0)
       end
       if accum > 1 then total = total / accum end
       total:backward()                                                                 -- step 7

@@ -16,11 +16,7 @@ local function tmp(name)
 end
 local write = T.write_file
 local read = T.read_file
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = sere.io.exists
 local function count(t)
   local n = 0
   for _ in pairs(t) do n = n + 1 end

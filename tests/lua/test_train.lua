@@ -58,11 +58,7 @@ local function run_quiet(a)
 end
 
 local read = T.read_file
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = sere.io.exists
 
 local full, full_lines = run_quiet(config(base .. "_full"))
 
