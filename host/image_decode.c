@@ -114,7 +114,23 @@ static int decode_jpeg(tjhandle tj, const void *data, size_t len, const char *na
 
 /* ---- PNG ------------------------------------------------------------- */
 
+/* libpng reports errors by calling back; both the reader's and the
+ * writer's state start with this, the callback's error pointer. */
+typedef struct png_error {
+  jmp_buf jump;
+  char msg[256];
+} png_failure;
+
+static void png_on_error(png_structp png, png_const_charp msg) {
+  png_failure *e = png_get_error_ptr(png);
+  snprintf(e->msg, sizeof e->msg, "%s", msg);
+  longjmp(e->jump, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp msg) {} /* e.g. the harmless iCCP warning */
+
 typedef struct png_job {
+  png_failure err; /* first: the error pointer libpng is given */
   const uint8_t *data;
   size_t len, pos;
   const char *name;
@@ -122,17 +138,7 @@ typedef struct png_job {
   png_infop info;
   uint8_t *px;
   png_bytep *rows;
-  jmp_buf jump;
-  char msg[256];
 } png_job;
-
-static void png_on_error(png_structp png, png_const_charp msg) {
-  png_job *job = png_get_error_ptr(png);
-  snprintf(job->msg, sizeof job->msg, "%s", msg);
-  longjmp(job->jump, 1);
-}
-
-static void png_on_warning(png_structp png, png_const_charp msg) {} /* e.g. the harmless iCCP warning */
 
 static void png_read_memory(png_structp png, png_bytep dst, png_size_t n) {
   png_job *job = png_get_io_ptr(png);
@@ -144,8 +150,8 @@ static void png_read_memory(png_structp png, png_bytep dst, png_size_t n) {
 /* Reads the header (and, if `decode`, the pixels) of job's PNG. Every
  * allocation goes into `job`, which decode_png frees whatever happens. */
 static int png_run(png_job *job, int *w_out, int *h_out, int decode) {
-  if (setjmp(job->jump)) return fail("%s: PNG data is corrupt or truncated: %s", job->name, job->msg);
-  job->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, job, png_on_error, png_on_warning);
+  if (setjmp(job->err.jump)) return fail("%s: PNG data is corrupt or truncated: %s", job->name, job->err.msg);
+  job->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job->err, png_on_error, png_on_warning);
   if (!job->png) return fail("%s: cannot start the %s decoder", job->name, "PNG");
   job->info = png_create_info_struct(job->png);
   if (!job->info) return fail("%s: cannot start the %s decoder", job->name, "PNG");
@@ -277,22 +283,15 @@ int sere_file_read(const char *path, uint8_t **data, size_t *len) {
 /* ---- PNG writer ------------------------------------------------------ */
 
 typedef struct png_out {
+  png_failure err; /* first: the error pointer libpng is given */
   FILE *f;
   png_structp png;
   png_infop info;
-  jmp_buf jump;
-  char msg[256];
 } png_out;
 
-static void png_out_error(png_structp png, png_const_charp msg) {
-  png_out *o = png_get_error_ptr(png);
-  snprintf(o->msg, sizeof o->msg, "%s", msg);
-  longjmp(o->jump, 1);
-}
-
 static int write_png_rows(png_out *o, const char *path, const sere_image *img) {
-  if (setjmp(o->jump)) return fail("%s: PNG writer failed: %s", path, o->msg);
-  o->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, o, png_out_error, png_on_warning);
+  if (setjmp(o->err.jump)) return fail("%s: PNG writer failed: %s", path, o->err.msg);
+  o->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &o->err, png_on_error, png_on_warning);
   if (!o->png) return fail("%s: cannot start the %s encoder", path, "PNG");
   o->info = png_create_info_struct(o->png);
   if (!o->info) return fail("%s: cannot start the %s encoder", path, "PNG");
