@@ -6,6 +6,7 @@
 --
 --   build/sere bench/model.lua [threads] [repeats] [batch]
 local sere = require "sere"
+local compare = dofile((arg[0]:match("(.*)/") or ".") .. "/compare.lua")
 local nn = require "sere.nn"
 
 local threads = tonumber(arg[1]) or tonumber(io.popen("nproc"):read("l")) or 1
@@ -34,32 +35,12 @@ for _, size in ipairs({224, 96}) do
     local name = string.format("vit_small %s %dx3x%dx%d", backward and "fwd+bwd" or "fwd", batch, size, size)
     local fn = case(size, backward)
     local run = backward and function() fn() end or function() sere.no_grad(fn) end
-    run()
-    local times = {}
-    for i = 1, repeats do
-      local t0 = sere.clock()
-      run()
-      times[i] = sere.clock() - t0
-    end
-    table.sort(times)
-    order[#order + 1], ours[name] = name, times[(#times + 1) // 2]
+    order[#order + 1], ours[name] = name, compare.median_time(run, repeats)
   end
 end
 
-local theirs = {}
-local dir = arg[0]:match("(.*)/") or "."
-local p = io.popen(string.format("/usr/bin/python3 %s/model_torch.py %d %d %d", dir, threads, repeats, batch))
-for line in p:lines() do
-  local name, secs = line:match("^(.-)\t([%d%.e%-]+)$")
-  if name then theirs[name] = tonumber(secs) end
-end
-p:close()
-
-print(string.format("sere vs PyTorch (python3-torch) on CPU, %d threads, median of %d (ms)", threads, repeats))
-print(string.format("%-34s %10s %10s %10s", "case", "sere", "torch", "torch/sere"))
-for _, name in ipairs(order) do
-  local a, b = ours[name], theirs[name]
-  print(string.format("%-34s %10.1f %10s %10s", name, a * 1e3, b and string.format("%.1f", b * 1e3) or "n/a",
-    b and string.format("%.2f", b / a) or "n/a"))
-end
-print(string.format("reproduce: build/sere bench/model.lua %d %d %d", threads, repeats, batch))
+compare.print_table({
+  title = string.format("sere vs PyTorch (python3-torch) on CPU, %d threads, median of %d", threads, repeats),
+  column = "case", names = order, ours = ours, theirs = compare.torch_times("model_torch.py", threads, repeats, batch),
+  reproduce = string.format("build/sere bench/model.lua %d %d %d", threads, repeats, batch),
+})

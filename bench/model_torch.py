@@ -6,9 +6,10 @@ PyTorch twin of the method) at batch B for 224 and 96 pixel crops. Prints
 or alone: `python3 bench/model_torch.py [threads] [repeats] [batch]`."""
 import os
 import sys
-import time
 
 import torch
+
+from timing import median_time, report
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 import sere_ref  # noqa: E402
@@ -45,11 +46,4 @@ for size in (224, 96):
         name = f"vit_small {'fwd+bwd' if backward else 'fwd'} {batch}x3x{size}x{size}"
         fn = case(size, backward)
         with torch.set_grad_enabled(backward):
-            fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        print(f"{name}\t{times[len(times) // 2]:.6f}", flush=True)
+            report(name, median_time(fn, repeats))

@@ -7,6 +7,7 @@
 -- Uses Debian's python3-torch through /usr/bin/python3 (bench/ops_torch.py).
 -- Environment: SERE_BENCH_ONLY=substring restricts the ops.
 local sere = require "sere"
+local compare = dofile((arg[0]:match("(.*)/") or ".") .. "/compare.lua")
 
 local threads = tonumber(arg[1]) or tonumber(io.popen("nproc"):read("l")) or 1
 local repeats = tonumber(arg[2]) or 5
@@ -49,41 +50,16 @@ local ops = {
   {"randn [25216,1536]", function() return sere.randn(T, H) end},
 }
 
-local function median_time(fn)
-  fn()
-  local times = {}
-  for i = 1, repeats do
-    local t0 = sere.clock()
-    fn()
-    times[i] = sere.clock() - t0
-  end
-  table.sort(times)
-  return times[(#times + 1) // 2]
-end
-
-local ours = {}
+local ours, names = {}, {}
 for _, op in ipairs(ops) do
-  if not only or op[1]:find(only, 1, true) then ours[op[1]] = median_time(op[2]) end
+  names[#names + 1] = op[1]
+  if not only or op[1]:find(only, 1, true) then ours[op[1]] = compare.median_time(op[2], repeats) end
 end
 x, w1, h, h2, scores, q, qkv, xg, wg = nil
 collectgarbage()
 
-local theirs = {}
-local cmd = string.format("/usr/bin/python3 %s/ops_torch.py %d %d", arg[0]:match("(.*)/") or ".", threads, repeats)
-local p = io.popen(cmd)
-for line in p:lines() do
-  local name, secs = line:match("^(.-)\t([%d%.e%-]+)$")
-  if name then theirs[name] = tonumber(secs) end
-end
-p:close()
-
-print(string.format("sere vs PyTorch %s on CPU, %d threads, median of %d (ms)", "(python3-torch)", threads, repeats))
-print(string.format("%-36s %10s %10s %8s", "op", "sere", "torch", "torch/sere"))
-for _, op in ipairs(ops) do
-  local a, b = ours[op[1]], theirs[op[1]]
-  if a then
-    print(string.format("%-36s %10.2f %10s %8s", op[1], a * 1e3, b and string.format("%.2f", b * 1e3) or "n/a",
-      b and string.format("%.2f", b / a) or "n/a"))
-  end
-end
-print("reproduce: build/sere bench/ops.lua " .. threads .. " " .. repeats)
+compare.print_table({
+  title = string.format("sere vs PyTorch (python3-torch) on CPU, %d threads, median of %d", threads, repeats),
+  column = "op", names = names, ours = ours, theirs = compare.torch_times("ops_torch.py", threads, repeats),
+  reproduce = "build/sere bench/ops.lua " .. threads .. " " .. repeats,
+})

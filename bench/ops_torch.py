@@ -5,9 +5,10 @@ Run it through `build/sere bench/ops.lua`, which prints the side-by-side
 table; alone: `python3 bench/ops_torch.py [threads] [repeats]`."""
 import os
 import sys
-import time
 
 import torch
+
+from timing import median_time, report
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else os.cpu_count()
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -60,13 +61,5 @@ ops = {
 
 only = os.environ.get("SERE_BENCH_ONLY")
 for name, fn in ops.items():
-    if only and only not in name:
-        continue
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    print(f"{name}\t{times[len(times) // 2]:.6f}", flush=True)
+    if not only or only in name:
+        report(name, median_time(fn, repeats))
