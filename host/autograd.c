@@ -188,7 +188,7 @@ static int accumulate(sere_tensor **slot, sere_tensor *g) {
     *slot = sere_tensor_retain(g);
     return 0;
   }
-  *slot = sere_tensor_new_uninit(g->dtype, g->ndim, g->shape);
+  *slot = sere_tensor_new_uninit_like(g, g->dtype);
   if (!*slot) return -1;
   return sere_copy_raw(*slot, g);
 }
@@ -235,7 +235,7 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
                 "pass a gradient: t:backward(grad)", sere_shape_str(root, a, sizeof a));
       return -1;
     }
-    seed = sere_tensor_new(root->dtype, root->ndim, root->shape);
+    seed = sere_tensor_new_like(root, root->dtype);
     if (seed) sere_fill_raw(seed, 1.0);
   }
   if (!seed) return -1;

@@ -62,12 +62,24 @@ static void apply_requires_grad(lua_State *L, int opts, sere_tensor *t) {
   lua_pop(L, 1);
 }
 
-static void check_device_opt(lua_State *L, int opts) {
-  if (!lua_istable(L, opts)) return;
-  lua_getfield(L, opts, "device");
-  const char *dev = lua_tostring(L, -1);
-  if (dev && strcmp(dev, "cpu")) luaL_error(L, "device '%s' is not available in this build (only 'cpu')", dev);
-  lua_pop(L, 1);
+/* Ends every creation function: the new tensor is at the top of the stack;
+ * it moves to opts.device (default `dev`), then gets opts.requires_grad. */
+static int finish_created(lua_State *L, int opts, sere_device_type dev) {
+  if (lua_istable(L, opts)) {
+    lua_getfield(L, opts, "device");
+    if (!lua_isnil(L, -1) && !sere_lua_device_name(L, lua_gettop(L), &dev))
+      luaL_error(L, "unknown device '%s' (expected 'cpu' or 'cuda')", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  sere_tensor *t = sere_lua_check(L, -1, "device");
+  if (sere_device_of(t) != dev) {
+    sere_tensor *moved = sere_to_device(t, dev);
+    lua_pop(L, 1);
+    sere_lua_push(L, moved);
+    t = moved;
+  }
+  apply_requires_grad(L, opts, t);
+  return 1;
 }
 
 /* sere.tensor(value, opts): value is a nested table, a number or a boolean. */
@@ -80,15 +92,13 @@ static int l_tensor(lua_State *L) {
     if (t && sere_copy_raw(t, src)) { sere_tensor_release(t); t = NULL; }
     if (!t) return sere_lua_raise(L);
     sere_lua_push(L, t);
-    apply_requires_grad(L, 2, t);
-    return 1;
+    return finish_created(L, 2, sere_device_of(src));
   }
   int ty = lua_type(L, 1);
   if (ty == LUA_TTABLE) table_shape(L, 1, 0, &ndim, shape, &kind);
   else if (ty == LUA_TNUMBER) kind = lua_isinteger(L, 1) ? 1 : 2;
   else if (ty == LUA_TBOOLEAN) kind = 0;
   else return luaL_error(L, "tensor: expected a table, number or boolean, got %s", luaL_typename(L, 1));
-  check_device_opt(L, 2);
   sere_dtype def = kind == 0 ? SERE_BOOL : kind == 1 ? SERE_I64 : SERE_F32;
   sere_tensor *t = sere_tensor_new(sere_lua_opt_dtype(L, 2, def), ndim, shape);
   if (!t) return sere_lua_raise(L);
@@ -97,8 +107,7 @@ static int l_tensor(lua_State *L) {
   if (ty == LUA_TTABLE) table_fill(L, 1, t, 0, &pos);
   else if (t->dtype == SERE_I64 && lua_isinteger(L, 1)) ((int64_t *)t->storage->data)[0] = lua_tointeger(L, 1);
   else sere_store_linear(t->storage->data, t->dtype, 0, ty == LUA_TBOOLEAN ? lua_toboolean(L, 1) : lua_tonumber(L, 1));
-  apply_requires_grad(L, 2, t);
-  return 1;
+  return finish_created(L, 2, SERE_CPU);
 }
 
 /* Shared parsing for zeros/ones/empty/full/rand...: shape then optional opts. */
@@ -109,7 +118,6 @@ static int shape_and_opts(lua_State *L, int idx, int *ndim, int64_t *shape, cons
     luaL_error(L, "%s: expected an options table after the shape, got %s", op, luaL_typename(L, opts));
   for (int i = 0; i < *ndim; i++)
     if (shape[i] < 0) luaL_error(L, "%s: invalid size %I", op, (lua_Integer)shape[i]);
-  check_device_opt(L, opts);
   return opts;
 }
 
@@ -119,8 +127,7 @@ static int filled(lua_State *L, double v, const char *op) {
   int opts = shape_and_opts(L, 1, &ndim, shape, op);
   sere_tensor *t = sere_full(ndim, shape, v, sere_lua_opt_dtype(L, opts, SERE_F32));
   sere_lua_push(L, t);
-  apply_requires_grad(L, opts, t);
-  return 1;
+  return finish_created(L, opts, SERE_CPU);
 }
 
 static int l_zeros(lua_State *L) { return filled(L, 0, "zeros"); }
@@ -133,12 +140,10 @@ static int l_full(lua_State *L) {
   sere_lua_shape(L, 1, &ndim, shape, "full");
   if (!lua_istable(L, 1)) return luaL_error(L, "full: shape must be a table: sere.full({2, 3}, value)");
   double v = lua_isboolean(L, 2) ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
-  check_device_opt(L, 3);
   sere_dtype def = lua_isboolean(L, 2) ? SERE_BOOL : lua_isinteger(L, 2) ? SERE_I64 : SERE_F32;
   sere_tensor *t = sere_full(ndim, shape, v, sere_lua_opt_dtype(L, 3, def));
   sere_lua_push(L, t);
-  apply_requires_grad(L, 3, t);
-  return 1;
+  return finish_created(L, 3, SERE_CPU);
 }
 
 /* zeros_like / ones_like / full_like(t, v) */
@@ -148,8 +153,7 @@ static int like(lua_State *L, double v, int value_idx, const char *op) {
   int opts = value_idx ? 3 : 2;
   sere_tensor *t = sere_full(src->ndim, src->shape, v, sere_lua_opt_dtype(L, opts, src->dtype));
   sere_lua_push(L, t);
-  apply_requires_grad(L, opts, t);
-  return 1;
+  return finish_created(L, opts, sere_device_of(src));
 }
 static int l_zeros_like(lua_State *L) { return like(L, 0, 0, "zeros_like"); }
 static int l_ones_like(lua_State *L) { return like(L, 1, 0, "ones_like"); }
@@ -166,20 +170,23 @@ static int l_arange(lua_State *L) {
   if (nnum == 1) end = lua_tonumber(L, 1);
   else { start = lua_tonumber(L, 1); end = lua_tonumber(L, 2); }
   if (nnum == 3) step = lua_tonumber(L, 3);
-  return sere_lua_push(L, sere_arange(start, end, step, sere_lua_opt_dtype(L, nnum + 1, all_int ? SERE_I64 : SERE_F32)));
+  sere_lua_push(L, sere_arange(start, end, step, sere_lua_opt_dtype(L, nnum + 1, all_int ? SERE_I64 : SERE_F32)));
+  return finish_created(L, nnum + 1, SERE_CPU);
 }
 
 static int l_linspace(lua_State *L) {
   double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
   lua_Integer n = luaL_checkinteger(L, 3);
-  return sere_lua_push(L, sere_linspace(a, b, n, sere_lua_opt_dtype(L, 4, SERE_F32)));
+  sere_lua_push(L, sere_linspace(a, b, n, sere_lua_opt_dtype(L, 4, SERE_F32)));
+  return finish_created(L, 4, SERE_CPU);
 }
 
 static int l_eye(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   lua_Integer m = lua_type(L, 2) == LUA_TNUMBER ? lua_tointeger(L, 2) : n;
   int opts = lua_type(L, 2) == LUA_TNUMBER ? 3 : 2;
-  return sere_lua_push(L, sere_eye(n, m, sere_lua_opt_dtype(L, opts, SERE_F32)));
+  sere_lua_push(L, sere_eye(n, m, sere_lua_opt_dtype(L, opts, SERE_F32)));
+  return finish_created(L, opts, SERE_CPU);
 }
 
 /* ---- random ---------------------------------------------------------- */
@@ -204,8 +211,7 @@ static int random_tensor(lua_State *L, rand_kind kind, const char *op) {
   sere_generator *g = opt_generator(L, opts);
   int rc = kind == RAND_UNIFORM ? sere_uniform_(t, 0, 1, g) : sere_normal_(t, 0, 1, g);
   if (rc) return sere_lua_raise(L);
-  apply_requires_grad(L, opts, t);
-  return 1;
+  return finish_created(L, opts, SERE_CPU);
 }
 
 static int l_rand(lua_State *L) { return random_tensor(L, RAND_UNIFORM, "rand"); }
@@ -221,7 +227,7 @@ static int l_randint(lua_State *L) {
   sere_tensor *t = sere_tensor_new_uninit(sere_lua_opt_dtype(L, opts, SERE_I64), ndim, shape);
   sere_lua_push(L, t);
   if (sere_randint_(t, lo, hi, opt_generator(L, opts))) return sere_lua_raise(L);
-  return 1;
+  return finish_created(L, opts, SERE_CPU);
 }
 
 static int l_manual_seed(lua_State *L) {

@@ -104,6 +104,18 @@ sere_dtype sere_lua_check_dtype(lua_State *L, int idx) {
   return d;
 }
 
+int sere_lua_device_name(lua_State *L, int idx, sere_device_type *dev) {
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  const char *name = lua_tostring(L, idx);
+  if (!strcmp(name, "cpu")) *dev = SERE_CPU;
+  else if (!strcmp(name, "cuda")) *dev = SERE_CUDA;
+  else if (!strncmp(name, "cuda:", 5)) {
+    luaL_error(L, "device '%s': a sere process uses one GPU, called 'cuda' (pick it with "
+               "sere.cuda.set_device before creating tensors)", name);
+  } else return 0;
+  return 1;
+}
+
 sere_dtype sere_lua_opt_dtype(lua_State *L, int idx, sere_dtype def) {
   if (!lua_istable(L, idx)) return def;
   lua_getfield(L, idx, "dtype");
@@ -159,14 +171,13 @@ static int t_gc(lua_State *L) {
 /* Pushes one element of a 0-dim tensor (or the only element of any tensor)
  * as a Lua value: integer for integer dtypes, boolean for bool. */
 static void push_scalar(lua_State *L, const sere_tensor *t, const int64_t *index) {
-  double v = sere_get_elem(t, index);
+  unsigned char elem[8];
+  if (sere_read_elem(t, index, elem)) sere_lua_raise(L);
+  double v = sere_load_linear(elem, t->dtype, 0);
   if (t->dtype == SERE_BOOL) lua_pushboolean(L, v != 0);
   else if (sere_dtype_is_float(t->dtype)) lua_pushnumber(L, v);
-  else if (t->dtype == SERE_I64) {
-    int64_t off = t->offset;
-    for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
-    lua_pushinteger(L, ((const int64_t *)t->storage->data)[off]);
-  } else lua_pushinteger(L, (lua_Integer)v);
+  else if (t->dtype == SERE_I64) lua_pushinteger(L, *(const int64_t *)elem);
+  else lua_pushinteger(L, (lua_Integer)v);
 }
 
 static int64_t check_position(lua_State *L, const sere_tensor *t, lua_Integer i) {
@@ -299,7 +310,10 @@ static int m_stride(lua_State *L) {
 static int m_dim(lua_State *L) { lua_pushinteger(L, sere_lua_check(L, 1, "dim")->ndim); return 1; }
 static int m_numel(lua_State *L) { lua_pushinteger(L, sere_numel(sere_lua_check(L, 1, "numel"))); return 1; }
 static int m_dtype(lua_State *L) { lua_pushstring(L, sere_dtype_name(sere_lua_check(L, 1, "dtype")->dtype)); return 1; }
-static int m_device(lua_State *L) { sere_lua_check(L, 1, "device"); lua_pushstring(L, "cpu"); return 1; }
+static int m_device(lua_State *L) {
+  lua_pushstring(L, sere_device_name(sere_device_of(sere_lua_check(L, 1, "device"))));
+  return 1;
+}
 static int m_is_contiguous(lua_State *L) {
   lua_pushboolean(L, sere_is_contiguous(sere_lua_check(L, 1, "is_contiguous")));
   return 1;
@@ -341,6 +355,11 @@ static void totable_rec(lua_State *L, const sere_tensor *t, int depth, int64_t *
 
 static int m_totable(lua_State *L) {
   sere_tensor *t = sere_lua_check(L, 1, "totable");
+  if (sere_device_of(t) != SERE_CPU) {
+    /* one transfer, then read the copy (kept on the stack for the GC) */
+    sere_lua_push(L, sere_to_device(t, SERE_CPU));
+    t = sere_lua_check(L, -1, "totable");
+  }
   int64_t index[SERE_MAX_DIMS] = {0};
   luaL_checkstack(L, SERE_MAX_DIMS + 4, "totable");
   totable_rec(L, t, 0, index);
@@ -441,14 +460,16 @@ static int m_contiguous(lua_State *L) { return sere_lua_push(L, sere_contiguous(
 static int m_clone(lua_State *L) { return sere_lua_push(L, sere_clone(sere_lua_check(L, 1, "clone"))); }
 static int m_detach(lua_State *L) { return sere_lua_push(L, sere_detach(sere_lua_check(L, 1, "detach"))); }
 
-/* t:to(dtype) / t:to("cpu") / t:to(dtype_or_device, {..}) */
+/* t:to(dtype) / t:to("cpu") / t:to("cuda"): a copy on the device or in the
+ * dtype (t itself when nothing changes); differentiable. */
 static int m_to(lua_State *L) {
   sere_tensor *t = sere_lua_check(L, 1, "to");
-  const char *what = luaL_checkstring(L, 2);
-  if (!strcmp(what, "cpu")) return sere_lua_push(L, sere_tensor_retain(t));
-  if (!strncmp(what, "cuda", 4)) return luaL_error(L, "to: device '%s' is not available in this build", what);
+  sere_device_type dev;
+  if (sere_lua_device_name(L, 2, &dev)) return sere_lua_push(L, sere_to_device(t, dev));
   return sere_lua_push(L, sere_to_dtype(t, sere_lua_check_dtype(L, 2)));
 }
+static int m_cuda(lua_State *L) { return sere_lua_push(L, sere_to_device(sere_lua_check(L, 1, "cuda"), SERE_CUDA)); }
+static int m_cpu(lua_State *L) { return sere_lua_push(L, sere_to_device(sere_lua_check(L, 1, "cpu"), SERE_CPU)); }
 
 static int to_fixed(lua_State *L, sere_dtype d, const char *op) {
   return sere_lua_push(L, sere_to_dtype(sere_lua_check(L, 1, op), d));
@@ -541,7 +562,7 @@ void sere_lua_open_tensor(lua_State *L) {
       {"expand_as", m_expand_as}, {"transpose", m_transpose}, {"t", m_t}, {"permute", m_permute},
       {"narrow", m_narrow}, {"select", m_select}, {"unsqueeze", m_unsqueeze}, {"squeeze", m_squeeze},
       {"flatten", m_flatten}, {"contiguous", m_contiguous}, {"clone", m_clone}, {"detach", m_detach},
-      {"to", m_to}, {"float", m_float}, {"bfloat16", m_bfloat16}, {"long", m_long}, {"int", m_int},
+      {"to", m_to}, {"cuda", m_cuda}, {"cpu", m_cpu}, {"float", m_float}, {"bfloat16", m_bfloat16}, {"long", m_long}, {"int", m_int},
       {"bool", m_bool}, {"byte", m_byte}, {"copy_", m_copy_}, {"backward", m_backward},
       {"requires_grad_", m_requires_grad_}, {"zero_grad", m_zero_grad}, {NULL, NULL}};
   static const luaL_Reg functions[] = {

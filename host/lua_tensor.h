@@ -36,6 +36,9 @@ int sere_lua_shape(lua_State *L, int idx, int *ndim, int64_t *shape, const char 
 /* Reads the dtype named by field "dtype" of the table at idx (or `def`). */
 sere_dtype sere_lua_opt_dtype(lua_State *L, int idx, sere_dtype def);
 sere_dtype sere_lua_check_dtype(lua_State *L, int idx);
+/* 1 and *dev set if the value at idx is a device name ("cpu", "cuda"), 0 if
+ * it is not; raises for "cuda:N" (one GPU per process). */
+int sere_lua_device_name(lua_State *L, int idx, sere_device_type *dev);
 /* A tensor, or a number/boolean converted to a 0-dim tensor of dtype `like`. */
 sere_tensor *sere_lua_tensor_or_scalar(lua_State *L, int idx, sere_dtype like, const char *op);
 

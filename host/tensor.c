@@ -2,6 +2,7 @@
  * strided copy with dtype conversion. Everything else builds on these. */
 #include "tensor.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -9,6 +10,9 @@
 #include <string.h>
 
 #include "autograd.h"
+#ifdef SERE_WITH_CUDA
+#include "cuda_device.h"
+#endif
 
 /* ---- errors ---------------------------------------------------------- */
 static _Thread_local char error_buf[1024];
@@ -77,19 +81,28 @@ static atomic_size_t live_bytes;
 size_t sere_storage_live_bytes(void) { return atomic_load(&live_bytes); }
 
 static sere_storage *storage_alloc(size_t nbytes, sere_device_type dev, int zero) {
-  if (dev != SERE_CPU) return sere_fail("storage: device not available in this build");
+#ifndef SERE_WITH_CUDA
+  if (dev != SERE_CPU) return sere_fail("cuda: this sere was built without CUDA");
+#endif
   sere_storage *s = calloc(1, sizeof *s);
   if (!s) return sere_fail("out of memory allocating a storage header");
-  /* 64-byte alignment for vector loads. */
-  size_t alloc = (nbytes + 63) & ~(size_t)63;
-  if (alloc == 0) alloc = 64;
-  s->data = aligned_alloc(64, alloc);
-  if (!s->data) {
-    free(s);
-    return sere_fail("out of memory: cannot allocate %zu bytes (%.1f MiB) on cpu; %.1f MiB in use",
-                     nbytes, nbytes / 1048576.0, sere_storage_live_bytes() / 1048576.0);
+  if (dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    s->data = sere_cuda_alloc(nbytes, zero);
+#endif
+    if (!s->data) { free(s); return NULL; }
+  } else {
+    /* 64-byte alignment for vector loads. */
+    size_t alloc = (nbytes + 63) & ~(size_t)63;
+    if (alloc == 0) alloc = 64;
+    s->data = aligned_alloc(64, alloc);
+    if (!s->data) {
+      free(s);
+      return sere_fail("out of memory: cannot allocate %zu bytes (%.1f MiB) on cpu; %.1f MiB in use",
+                       nbytes, nbytes / 1048576.0, sere_storage_live_bytes() / 1048576.0);
+    }
+    if (zero) memset(s->data, 0, alloc);
   }
-  if (zero) memset(s->data, 0, alloc);
   s->nbytes = nbytes;
   s->refcount = 1;
   s->device = dev;
@@ -104,7 +117,11 @@ void sere_storage_retain(sere_storage *s) { s->refcount++; }
 void sere_storage_release(sere_storage *s) {
   if (!s || --s->refcount > 0) return;
   atomic_fetch_sub(&live_bytes, s->nbytes);
-  free(s->data);
+#ifdef SERE_WITH_CUDA
+  if (s->device == SERE_CUDA) sere_cuda_free(s->data, s->nbytes);
+  else
+#endif
+    free(s->data);
   free(s);
 }
 
@@ -132,7 +149,8 @@ static void set_contiguous_strides(sere_tensor *t) {
   }
 }
 
-static sere_tensor *tensor_alloc(sere_dtype dtype, int ndim, const int64_t *shape, int zero) {
+static sere_tensor *tensor_alloc(sere_dtype dtype, int ndim, const int64_t *shape, sere_device_type dev,
+                                 int zero) {
   if (ndim < 0 || ndim > SERE_MAX_DIMS)
     return sere_fail("tensor: %d dims is more than the supported %d", ndim, SERE_MAX_DIMS);
   int64_t n = 1;
@@ -143,7 +161,7 @@ static sere_tensor *tensor_alloc(sere_dtype dtype, int ndim, const int64_t *shap
   }
   sere_tensor *t = tensor_header();
   if (!t) return NULL;
-  t->storage = storage_alloc((size_t)n * sere_dtype_size(dtype), SERE_CPU, zero);
+  t->storage = storage_alloc((size_t)n * sere_dtype_size(dtype), dev, zero);
   if (!t->storage) { free(t); return NULL; }
   t->ndim = ndim;
   t->dtype = dtype;
@@ -153,15 +171,54 @@ static sere_tensor *tensor_alloc(sere_dtype dtype, int ndim, const int64_t *shap
 }
 
 sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape) {
-  return tensor_alloc(dtype, ndim, shape, 1);
+  return tensor_alloc(dtype, ndim, shape, SERE_CPU, 1);
 }
 
 sere_tensor *sere_tensor_new_uninit(sere_dtype dtype, int ndim, const int64_t *shape) {
-  return tensor_alloc(dtype, ndim, shape, 0);
+  return tensor_alloc(dtype, ndim, shape, SERE_CPU, 0);
+}
+
+sere_tensor *sere_tensor_new_on(sere_device_type dev, sere_dtype dtype, int ndim, const int64_t *shape) {
+  return tensor_alloc(dtype, ndim, shape, dev, 1);
+}
+
+sere_tensor *sere_tensor_new_uninit_on(sere_device_type dev, sere_dtype dtype, int ndim, const int64_t *shape) {
+  return tensor_alloc(dtype, ndim, shape, dev, 0);
 }
 
 sere_tensor *sere_tensor_new_like(const sere_tensor *like, sere_dtype dtype) {
-  return sere_tensor_new(dtype, like->ndim, like->shape);
+  return sere_tensor_new_on(sere_device_of(like), dtype, like->ndim, like->shape);
+}
+
+sere_tensor *sere_tensor_new_uninit_like(const sere_tensor *like, sere_dtype dtype) {
+  return sere_tensor_new_uninit_on(sere_device_of(like), dtype, like->ndim, like->shape);
+}
+
+/* ---- devices --------------------------------------------------------- */
+const char *sere_device_name(sere_device_type d) { return d == SERE_CUDA ? "cuda" : "cpu"; }
+
+int sere_common_device(const char *op, sere_device_type *dev, int n, sere_tensor *const *ts) {
+  const sere_tensor *first = NULL;
+  for (int i = 0; i < n; i++) {
+    if (!ts[i]) continue;
+    if (!first) first = ts[i];
+    else if (sere_device_of(ts[i]) != sere_device_of(first)) {
+      sere_fail("%s: expected all tensors on one device, got %s and %s (move them with :to())", op,
+                sere_device_name(sere_device_of(first)), sere_device_name(sere_device_of(ts[i])));
+      return -1;
+    }
+  }
+  *dev = first ? sere_device_of(first) : SERE_CPU;
+  return 0;
+}
+
+int sere_require_cpu(const char *op, int n, sere_tensor *const *ts) {
+  for (int i = 0; i < n; i++)
+    if (ts[i] && sere_device_of(ts[i]) != SERE_CPU) {
+      sere_fail("%s: not implemented for cuda tensors; move the input to the cpu with :cpu()", op);
+      return -1;
+    }
+  return 0;
 }
 
 sere_tensor *sere_tensor_view_of(const sere_tensor *base, int ndim, const int64_t *shape,
@@ -247,10 +304,22 @@ void sere_store_linear(void *base, sere_dtype d, int64_t i, double v) {
   }
 }
 
-double sere_get_elem(const sere_tensor *t, const int64_t *index) {
+int sere_read_elem(const sere_tensor *t, const int64_t *index, void *out) {
   int64_t off = t->offset;
   for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
-  return sere_load_linear(t->storage->data, t->dtype, off);
+  size_t es = sere_dtype_size(t->dtype);
+  const char *p = (const char *)t->storage->data + off * (int64_t)es;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) return sere_cuda_download(out, p, es);
+#endif
+  memcpy(out, p, es);
+  return 0;
+}
+
+double sere_get_elem(const sere_tensor *t, const int64_t *index) {
+  unsigned char buf[8];
+  if (sere_read_elem(t, index, buf)) return NAN;
+  return sere_load_linear(buf, t->dtype, 0);
 }
 
 /* ---- copies ---------------------------------------------------------- */
@@ -280,6 +349,8 @@ static void copy_row(void *dst, sere_dtype dd, int64_t ds, const void *src, sere
   }
 }
 
+static int copy_with_device(sere_tensor *dst, const sere_tensor *src);
+
 int sere_copy_raw(sere_tensor *dst, const sere_tensor *src) {
   if (!sere_same_shape(dst, src)) {
     char a[128], b[128];
@@ -289,6 +360,7 @@ int sere_copy_raw(sere_tensor *dst, const sere_tensor *src) {
   }
   int64_t n = sere_numel(dst);
   if (n == 0) return 0;
+  if (sere_device_of(dst) != SERE_CPU || sere_device_of(src) != SERE_CPU) return copy_with_device(dst, src);
   /* Overlapping storage (e.g. copying a tensor into a transposed view of
    * itself) would read already-written values: go through a temporary. */
   if (dst->storage == src->storage) {
@@ -323,9 +395,44 @@ int sere_copy_raw(sere_tensor *dst, const sere_tensor *src) {
   return 0;
 }
 
+/* Copies where one side (or both) is on the GPU: device-to-device in a
+ * kernel; across devices as one contiguous transfer in dst's dtype, with
+ * the strided/converting part done on whichever side needs it. */
+static int copy_with_device(sere_tensor *dst, const sere_tensor *src) {
+#ifdef SERE_WITH_CUDA
+  sere_device_type dd = sere_device_of(dst), sd = sere_device_of(src);
+  if (dd == SERE_CUDA && sd == SERE_CUDA) {
+    if (dst->storage != src->storage) return sere_cuda_copy(dst, src);
+    sere_tensor *tmp = sere_tensor_new_uninit_like(src, src->dtype);
+    int rc = !tmp || sere_cuda_copy(tmp, src) || sere_cuda_copy(dst, tmp) ? -1 : 0;
+    sere_tensor_release(tmp);
+    return rc;
+  }
+  /* Bring src to one contiguous block in dst's dtype on its own device. */
+  sere_tensor *packed = sere_as_contiguous_dtype((sere_tensor *)src, dst->dtype);
+  if (!packed) return -1;
+  sere_tensor *landing = sere_is_contiguous(dst) ? sere_tensor_retain(dst)
+                                                 : sere_tensor_new_uninit_on(dd, dst->dtype, dst->ndim, dst->shape);
+  int rc = -1;
+  if (landing) {
+    size_t nbytes = (size_t)sere_numel(dst) * sere_dtype_size(dst->dtype);
+    rc = dd == SERE_CUDA ? sere_cuda_upload(sere_data(landing), sere_data(packed), nbytes)
+                         : sere_cuda_download(sere_data(landing), sere_data(packed), nbytes);
+    if (rc == 0 && landing != dst) rc = sere_copy_raw(dst, landing);
+    sere_tensor_release(landing);
+  }
+  sere_tensor_release(packed);
+  return rc;
+#else
+  (void)dst; (void)src;
+  sere_fail("cuda: this sere was built without CUDA");
+  return -1;
+#endif
+}
+
 sere_tensor *sere_as_contiguous_dtype(sere_tensor *t, sere_dtype d) {
   if (t->dtype == d && sere_is_contiguous(t)) return sere_tensor_retain(t);
-  sere_tensor *out = sere_tensor_new_uninit(d, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit_like(t, d);
   if (!out) return NULL;
   if (sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   return out;
@@ -336,6 +443,9 @@ sere_tensor *sere_contiguous_raw(sere_tensor *t) { return sere_as_contiguous_dty
 int sere_fill_raw(sere_tensor *t, double v) {
   int64_t n = sere_numel(t);
   if (n == 0) return 0;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) return sere_cuda_fill(t, v);
+#endif
   if (sere_is_contiguous(t)) {
     void *p = sere_data(t);
     if (t->dtype == SERE_F32) {

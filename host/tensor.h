@@ -19,6 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define SERE_MAX_DIMS 8
 
 typedef enum {
@@ -102,13 +106,27 @@ size_t sere_storage_live_bytes(void);
 sere_tensor *sere_tensor_new(sere_dtype dtype, int ndim, const int64_t *shape);
 /* Same without zero-filling: only for outputs that an op overwrites entirely. */
 sere_tensor *sere_tensor_new_uninit(sere_dtype dtype, int ndim, const int64_t *shape);
-/* New contiguous tensor with the shape of `like`. */
+/* The same on a device (SERE_CPU or SERE_CUDA). */
+sere_tensor *sere_tensor_new_on(sere_device_type dev, sere_dtype dtype, int ndim, const int64_t *shape);
+sere_tensor *sere_tensor_new_uninit_on(sere_device_type dev, sere_dtype dtype, int ndim, const int64_t *shape);
+/* New contiguous tensor with the shape and device of `like`. */
 sere_tensor *sere_tensor_new_like(const sere_tensor *like, sere_dtype dtype);
+sere_tensor *sere_tensor_new_uninit_like(const sere_tensor *like, sere_dtype dtype);
 /* New tensor header over an existing storage (a view); retains storage. */
 sere_tensor *sere_tensor_view_of(const sere_tensor *base, int ndim, const int64_t *shape,
                                  const int64_t *stride, int64_t offset);
 sere_tensor *sere_tensor_retain(sere_tensor *t);
 void sere_tensor_release(sere_tensor *t);
+
+/* ---- devices --------------------------------------------------------- */
+static inline sere_device_type sere_device_of(const sere_tensor *t) { return t->storage->device; }
+const char *sere_device_name(sere_device_type d);
+/* The device of the non-NULL tensors among ts[0..n); -1 with an error
+ * naming `op` if they are on different devices. */
+int sere_common_device(const char *op, sere_device_type *dev, int n, sere_tensor *const *ts);
+/* -1 with an error naming `op` if any non-NULL tensor is not on the CPU:
+ * the guard of ops that have no CUDA implementation. */
+int sere_require_cpu(const char *op, int n, sere_tensor *const *ts);
 
 /* ---- queries --------------------------------------------------------- */
 int64_t sere_numel(const sere_tensor *t);
@@ -120,8 +138,11 @@ int sere_wrap_dim(int dim, int ndim, const char *op, int *out);
 static inline void *sere_data(const sere_tensor *t) {
   return (char *)t->storage->data + (size_t)t->offset * sere_dtype_size(t->dtype);
 }
-/* Compute-type element access for generic (slow) paths. */
+/* Compute-type element access for generic (slow) paths; on a GPU tensor
+ * each call is a transfer (NaN if it failed). */
 double sere_get_elem(const sere_tensor *t, const int64_t *index);
+/* Copies the bytes of one element (any device) to `out` (8 bytes suffice). */
+int sere_read_elem(const sere_tensor *t, const int64_t *index, void *out);
 double sere_load_linear(const void *base, sere_dtype d, int64_t i);
 void sere_store_linear(void *base, sere_dtype d, int64_t i, double v);
 
@@ -144,4 +165,7 @@ static inline int sere_index_next(int ndim, const int64_t *shape, int64_t *index
   return 0;
 }
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -1,10 +1,26 @@
 // device.cu — CUDA device queries behind sere.cuda: count, name, memory,
-// synchronisation. Errors come back as messages, never as aborts, so a
-// machine without a GPU (or without a driver) just reports zero devices.
-#include <cuda_runtime.h>
+// synchronisation, and the stream sere's work is issued on. Errors come
+// back as messages, never as aborts, so a machine without a GPU (or without
+// a driver) just reports zero devices.
 #include <stdio.h>
 
+#include "cuda_common.cuh"
 #include "cuda_device.h"
+
+// One stream for all of sere's work (kernels, copies, cuBLAS, NCCL), created
+// on first use; ordering within it replaces most explicit synchronisation.
+extern "C" cudaStream_t sere_cuda_stream(void) {
+  static cudaStream_t stream;
+  static int created;
+  if (!created) {
+    if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+      cudaGetLastError();
+      stream = 0;
+    }
+    created = 1;
+  }
+  return stream;
+}
 
 static int report(cudaError_t e, const char *what, char *err, size_t errn) {
   if (e == cudaSuccess) return 0;
@@ -42,4 +58,8 @@ extern "C" int sere_cuda_runtime_version(void) {
   int v = 0;
   cudaRuntimeGetVersion(&v);
   return v;
+}
+
+extern "C" int sere_cuda_set_device(int device) {
+  return sere_cuda_check(cudaSetDevice(device), "cuda: set_device");
 }

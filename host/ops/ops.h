@@ -28,6 +28,7 @@ sere_tensor *sere_flatten(sere_tensor *t, int start_dim, int end_dim);
 sere_tensor *sere_contiguous(sere_tensor *t); /* differentiable; returns t itself (retained) if contiguous */
 sere_tensor *sere_clone(sere_tensor *t);
 sere_tensor *sere_to_dtype(sere_tensor *t, sere_dtype d); /* differentiable between float dtypes */
+sere_tensor *sere_to_device(sere_tensor *t, sere_device_type dev); /* differentiable copy to another device */
 sere_tensor *sere_detach(sere_tensor *t);                 /* shares storage, no grad_fn */
 int sere_copy_(sere_tensor *dst, sere_tensor *src);       /* src broadcast to dst's shape */
 #define SERE_ALL_DIMS (-1000)

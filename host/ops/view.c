@@ -172,7 +172,7 @@ sere_tensor *sere_transpose(sere_tensor *t, int d0, int d1) {
  * the region the forward pass read. ints: dim, start, length, is_select. */
 static int narrow_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_edge *e = &n->edges[0];
-  sere_tensor *z = sere_tensor_new(g->dtype, e->ndim, e->shape);
+  sere_tensor *z = sere_tensor_new_on(sere_device_of(g), g->dtype, e->ndim, e->shape);
   if (!z) return -1;
   sere_tensor *region = n->ints[3] ? sere_select(z, (int)n->ints[0], n->ints[1])
                                    : sere_narrow(z, (int)n->ints[0], n->ints[1], n->ints[2]);
@@ -290,7 +290,7 @@ sere_tensor *sere_contiguous(sere_tensor *t) {
 }
 
 sere_tensor *sere_clone(sere_tensor *t) {
-  sere_tensor *out = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit_like(t, t->dtype);
   if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   return record1(out, t, "clone", identity_backward, 0, NULL);
 }
@@ -302,11 +302,24 @@ static int to_dtype_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
 
 sere_tensor *sere_to_dtype(sere_tensor *t, sere_dtype d) {
   if (t->dtype == d) return sere_tensor_retain(t);
-  sere_tensor *out = sere_tensor_new_uninit(d, t->ndim, t->shape);
+  sere_tensor *out = sere_tensor_new_uninit_like(t, d);
   if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
   if (!out || !sere_needs_grad(1, &t)) return out;
   if (!sere_dtype_is_float(d)) return out; /* integer results carry no gradient */
   return record1(out, t, "to_dtype", to_dtype_backward, 0, NULL);
+}
+
+static int to_device_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  gi[0] = sere_to_device(g, (sere_device_type)n->ints[0]);
+  return gi[0] ? 0 : -1;
+}
+
+sere_tensor *sere_to_device(sere_tensor *t, sere_device_type dev) {
+  if (sere_device_of(t) == dev) return sere_tensor_retain(t);
+  sere_tensor *out = sere_tensor_new_uninit_on(dev, t->dtype, t->ndim, t->shape);
+  if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
+  int64_t from = sere_device_of(t);
+  return record1(out, t, "to_device", to_device_backward, 1, &from);
 }
 
 sere_tensor *sere_detach(sere_tensor *t) { return sere_tensor_view_of(t, t->ndim, t->shape, t->stride, t->offset); }

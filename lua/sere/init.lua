@@ -52,14 +52,20 @@ sere.data = prefixed("dataset") -- require "sere.data" adds the Loader and recip
 --- sere.dist: ranks and collectives of a data-parallel run (rank 0 of 1 when started alone).
 sere.dist = require "sere.dist"
 
---- sere.cuda: device queries (the tensor backend arrives with issue 6).
+--- sere.cuda: the GPU and its caching allocator (tensors move with t:cuda() / t:to("cuda")).
 sere.cuda = {
   is_available = core.cuda_is_available,
   device_count = core.cuda_device_count,
   compiled = core.cuda_compiled,
+  emulated = core.cuda_emulated,
   device_name = core.cuda_device_name,
   mem_info = core.cuda_mem_info,
+  set_device = core.cuda_set_device,
   synchronize = core.cuda_synchronize,
+  memory_stats = core.cuda_memory_stats,
+  reset_peak_memory_stats = core.cuda_reset_peak_memory_stats,
+  empty_cache = core.cuda_empty_cache,
+  set_poison = core.cuda_set_poison,
 }
 
 return sere
