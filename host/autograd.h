@@ -28,6 +28,10 @@
 
 #include "tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define SERE_NODE_MAX_SAVED 6
 
 typedef struct sere_node sere_node;
@@ -98,4 +102,7 @@ static inline void sere_bump_version(sere_tensor *t) { t->storage->version++; }
  * tensor that requires grad cannot be written in place. */
 int sere_check_inplace(const sere_tensor *t, const char *op);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -602,6 +602,7 @@ int luaopen_sere_core(lua_State *L) {
   sere_lua_open_nn_attention(L);
   sere_lua_open_nn_spatial(L);
   sere_lua_open_nn_loss(L);
+  sere_lua_open_optim(L);
   sere_lua_open_image(L);
   sere_lua_open_augment(L);
   sere_lua_open_loader(L);

@@ -62,6 +62,7 @@ void sere_lua_open_nn_act(lua_State *L);       /* lua_nn_act.c: gelu, relu */
 void sere_lua_open_nn_attention(lua_State *L); /* lua_nn_attention.c */
 void sere_lua_open_nn_spatial(lua_State *L);   /* lua_nn_spatial.c: patch embed, interpolate, grid sample */
 void sere_lua_open_nn_loss(lua_State *L);      /* lua_nn_loss.c: soft cross-entropy */
+void sere_lua_open_optim(lua_State *L);        /* lua_optim.c: fused AdamW, EMA, norms, scaling */
 void sere_lua_open_image(lua_State *L);        /* lua_image.c: image files, datasets */
 void sere_lua_open_augment(lua_State *L);      /* lua_augment.c: augmentations, crop/mask sampling, overlap grids */
 void sere_lua_open_loader(lua_State *L);       /* lua_loader.c: multi-crop samples, threaded loader */

@@ -14,6 +14,10 @@
 #include "../autograd.h"
 #include "../tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- ops/view.c: views sharing storage, copies, dtype conversion ------ */
 sere_tensor *sere_reshape(sere_tensor *t, int ndim, const int64_t *shape); /* one -1 allowed; copies if needed */
 sere_tensor *sere_view(sere_tensor *t, int ndim, const int64_t *shape);    /* never copies; error if impossible */
@@ -195,4 +199,24 @@ sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid);
 sere_tensor *sere_soft_cross_entropy(sere_tensor *student, sere_tensor *teacher, sere_tensor *center,
                                      double student_temp, double teacher_temp);
 
+/* ---- ops/optim.c: the optimiser's updates fused over lists of tensors -- */
+/* Every tensor: contiguous f32, all on one device; list k's tensor i has
+ * the shape of params[i]. In place, outside autograd (like sere_axpy_). */
+typedef struct sere_adamw_hparams {
+  double lr, weight_decay, beta1, beta2, eps;
+} sere_adamw_hparams;
+/* One AdamW update of every params[i] with grads[i]; steps[i] (>= 1) is
+ * that tensor's step count including this update (bias corrections). */
+int sere_adamw_step_(int n, sere_tensor *const *params, sere_tensor *const *grads, sere_tensor *const *exp_avg,
+                     sere_tensor *const *exp_avg_sq, const int64_t *steps, const sere_adamw_hparams *h);
+/* teacher[i] = m * teacher[i] + (1 - m) * student[i]. */
+int sere_ema_(int n, sere_tensor *const *teacher, sere_tensor *const *student, double momentum);
+/* out[i] = ||ts[i]||_2 (squares summed in double). */
+int sere_norms(int n, sere_tensor *const *ts, double *out);
+/* ts[i] *= factors[i]. */
+int sere_scale_(int n, sere_tensor *const *ts, const double *factors);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -234,6 +234,37 @@ end
 
 function Module:eval() return self:train(false) end
 
+--- Moves every parameter, buffer and other tensor field of this module and
+--- its descendants to `device` ("cpu" or "cuda"), in place, like PyTorch's
+--- module.to(device): each tensor is replaced by its copy on the device
+--- (parameters stay leaves with their requires_grad; a tensor shared by two
+--- modules stays shared). Gradients are dropped. Returns self.
+function Module:to(device)
+  assert(device == "cpu" or device == "cuda", "Module:to: expected 'cpu' or 'cuda'")
+  local moved = {}
+  local function move(t)
+    if moved[t] then return moved[t] end
+    local m = t:detach():to(device)
+    if m == t or m:shares_storage(t) then m = t else m.requires_grad = t.requires_grad end
+    moved[t] = m
+    return m
+  end
+  for _, e in ipairs(self:named_modules()) do
+    local mod = e[2]
+    for _, field in ipairs({"_parameters", "_buffers"}) do
+      for name, t in pairs(mod[field]) do mod[field][name] = move(t) end
+    end
+    for k, v in pairs(mod) do
+      if sere.is_tensor(v) then rawset(mod, k, move(v)) end
+    end
+    for _, t in pairs(mod._parameters) do t.grad = nil end
+  end
+  return self
+end
+
+function Module:cuda() return self:to("cuda") end
+function Module:cpu() return self:to("cpu") end
+
 --- Clears the gradients of all parameters.
 function Module:zero_grad()
   for _, p in ipairs(self:parameters()) do p.grad = nil end

@@ -12,9 +12,9 @@
 --   optim.update{optimizer = opt, student = student, ema = ema, momentum = m[it + 1],
 --                clip_grad = 0.3, epoch = epoch, freeze_last_layer = 1}
 --
--- Every update is a few element-wise in-place ops per tensor under
--- sere.no_grad; a fused multi-tensor AdamW + clipping + EMA in C (one pass
--- over memory, one launch on CUDA) is the planned optimisation.
+-- The element-wise work is fused over lists of tensors in C (ops/optim.c:
+-- sere.adamw_step_, sere.ema_, sere.norms, sere.scale_): one pass over
+-- memory per update, a few multi-tensor launches on CUDA.
 local sere = require "sere"
 
 local optim = {}
@@ -80,26 +80,28 @@ function AdamW:set_lr_wd(lr, wd)
   end
 end
 
--- One AdamW update of p (8.1), in torch.optim.AdamW's operation order.
-local function adamw_update(self, p, grad, s, lr, wd)
-  s.step = s.step + 1
-  if lr * wd ~= 0 then p:mul_(1 - lr * wd) end
-  s.exp_avg:mul_(self.beta1):add_(grad, 1 - self.beta1)
-  s.exp_avg_sq:mul_(self.beta2):add_(grad:square(), 1 - self.beta2)
-  local bc1 = 1 - self.beta1 ^ s.step
-  local bc2 = 1 - self.beta2 ^ s.step
-  local denom = s.exp_avg_sq:sqrt():div_(math.sqrt(bc2)):add_(self.eps)
-  p:add_(s.exp_avg:div(denom), -lr / bc1)
+-- A parameter's gradient as the fused ops need it: contiguous (autograd
+-- may leave a transposed view there); the contiguous copy replaces p.grad
+-- so in-place clipping reaches the gradient AdamW then reads.
+local function contiguous_grad(p)
+  local g = p.grad
+  if g and not g:is_contiguous() then
+    g = g:contiguous()
+    p.grad = g
+  end
+  return g
 end
 
 --- opt:step(): updates every parameter that has a gradient; a parameter
 --- without one (grad nil) is skipped entirely: no decay, no moment
---- update, its step count unchanged.
+--- update, its step count unchanged. One fused call per group
+--- (sere.adamw_step_, torch.optim.AdamW's arithmetic, 8.1).
 function AdamW:step()
   sere.no_grad(function()
     for _, g in ipairs(self.param_groups) do
+      local ps, gs, ms, vs, steps = {}, {}, {}, {}, {}
       for i, p in ipairs(g.params) do
-        local grad = p.grad
+        local grad = contiguous_grad(p)
         if grad then
           local name = g.names[i]
           local s = self.state[name]
@@ -107,8 +109,14 @@ function AdamW:step()
             s = {step = 0, exp_avg = sere.zeros_like(p), exp_avg_sq = sere.zeros_like(p)}
             self.state[name] = s
           end
-          adamw_update(self, p, grad, s, g.lr, g.weight_decay)
+          s.step = s.step + 1
+          local k = #ps + 1
+          ps[k], gs[k], ms[k], vs[k], steps[k] = p, grad, s.exp_avg, s.exp_avg_sq, s.step
         end
+      end
+      if #ps > 0 then
+        sere.adamw_step_(ps, gs, ms, vs, steps,
+          {lr = g.lr, weight_decay = g.weight_decay, beta1 = self.beta1, beta2 = self.beta2, eps = self.eps})
       end
     end
   end)
@@ -184,7 +192,8 @@ function AdamW:load_state_dict(tensors, meta, opts)
   for name, f in pairs(found) do
     local p = self.by_name[name]
     self.state[name] = {step = math.tointeger(f.step:item()) or f.step:item(),
-      exp_avg = f.exp_avg:to(p:dtype()):clone(), exp_avg_sq = f.exp_avg_sq:to(p:dtype()):clone()}
+      exp_avg = f.exp_avg:to(p:dtype()):to(p:device()):clone(),
+      exp_avg_sq = f.exp_avg_sq:to(p:dtype()):to(p:device()):clone()}
   end
   meta = meta or {}
   self.beta1 = tonumber(meta.beta1) or self.beta1
@@ -203,18 +212,18 @@ end
 --- that is < 1. Parameters without a gradient are skipped. Returns the
 --- norms before clipping (array aligned with params; nil where no grad).
 function optim.clip_gradients(params, clip)
-  local norms = {}
-  sere.no_grad(function()
-    for i, p in ipairs(params) do
-      local g = p.grad
-      if g then
-        local n = g:norm():item()
-        norms[i] = n
-        local coef = clip / (n + 1e-6)
-        if coef < 1 then g:mul_(coef) end
-      end
-    end
-  end)
+  local grads, at = {}, {}
+  for i, p in ipairs(params) do
+    local g = contiguous_grad(p)
+    if g then grads[#grads + 1], at[#at + 1] = g, i end
+  end
+  local norms, factors = {}, {}
+  for k, n in ipairs(sere.norms(grads)) do
+    norms[at[k]] = n
+    local coef = clip / (n + 1e-6)
+    factors[k] = coef < 1 and coef or 1
+  end
+  sere.scale_(grads, factors)
   return norms
 end
 
@@ -256,11 +265,10 @@ function optim.EMA(student, teacher)
   return self
 end
 
---- ema:update(m): theta_T <- m * theta_T + (1 - m) * theta_S for every pair.
+--- ema:update(m): theta_T <- m * theta_T + (1 - m) * theta_S for every pair
+--- (one fused call, sere.ema_).
 function EMA:update(m)
-  sere.no_grad(function()
-    for i, t in ipairs(self.teacher) do t:mul_(m):add_(self.student[i], 1 - m) end
-  end)
+  sere.ema_(self.teacher, self.student, m)
 end
 
 -- ---- one update in the order of 8.4 ---------------------------------------------
@@ -294,7 +302,12 @@ function optim.update(o)
   if (o.clip_grad or 0) > 0 then
     norms = optim.clip_gradients(params, o.clip_grad)
   elseif o.skip_nonfinite then
-    for i, p in ipairs(params) do if p.grad then norms[i] = p.grad:norm():item() end end
+    local grads, at = {}, {}
+    for i, p in ipairs(params) do
+      local g = contiguous_grad(p)
+      if g then grads[#grads + 1], at[#at + 1] = g, i end
+    end
+    for k, n in ipairs(sere.norms(grads)) do norms[at[k]] = n end
   end
   optim.cancel_last_layer_gradients(student, o.epoch or 0, o.freeze_last_layer or 0)
   local stepped = not (o.skip_nonfinite and not all_finite(norms))

@@ -139,6 +139,48 @@ end)
 
 -- ---- schedules --------------------------------------------------------------------
 
+T.test("fused ops: adamw_step_, ema_, norms, scale_ against element-wise ops", function()
+  local g = sere.Generator(5)
+  local shapes = {{7}, {300, 301}, {3, 1, 5}}
+  local p, gr, m, v = {}, {}, {}, {}
+  for i, shape in ipairs(shapes) do
+    p[i] = sere.randn(shape, {generator = g})
+    gr[i] = sere.randn(shape, {generator = g})
+    m[i] = sere.randn(shape, {generator = g}) * 0.1
+    v[i] = sere.rand(shape, {generator = g}) * 0.01
+  end
+  local h = {lr = 1e-3, weight_decay = 0.04, beta1 = 0.9, beta2 = 0.999, eps = 1e-8}
+  local want = {}
+  for i = 1, #shapes do
+    local step = i + 2
+    local pi = p[i] * (1 - h.lr * h.weight_decay)
+    local mi = m[i] * h.beta1 + gr[i] * (1 - h.beta1)
+    local vi = v[i] * h.beta2 + gr[i]:square() * (1 - h.beta2)
+    local denom = vi:sqrt() / math.sqrt(1 - h.beta2 ^ step) + h.eps
+    want[i] = {pi - mi / denom * (h.lr / (1 - h.beta1 ^ step)), mi, vi}
+  end
+  sere.adamw_step_(p, gr, m, v, {3, 4, 5}, h)
+  for i = 1, #shapes do
+    T.close(p[i], want[i][1], ATOL, RTOL, "param " .. i)
+    T.close(m[i], want[i][2], ATOL, RTOL, "exp_avg " .. i)
+    T.close(v[i], want[i][3], ATOL, RTOL, "exp_avg_sq " .. i)
+  end
+  local teacher = {p[1]:clone(), p[2]:clone()}
+  sere.ema_(teacher, {gr[1], gr[2]}, 0.996)
+  T.close(teacher[2], p[2] * 0.996 + gr[2] * 0.004, ATOL, RTOL, "ema")
+  local norms = sere.norms(gr)
+  for i = 1, #shapes do T.close(norms[i], gr[i]:norm():item(), 0, 1e-6, "norm " .. i) end
+  local before = gr[2]:clone()
+  sere.scale_(gr, {1, 0.5, 1})
+  T.close(gr[2], before * 0.5, 0, 0, "scale")
+  T.raises(function() sere.adamw_step_({p[1]}, {gr[2]}, {m[1]}, {v[1]}, {1}, h) end, "shape")
+  T.raises(function() sere.adamw_step_({p[1]}, {gr[1]}, {m[1]}, {v[1]}, {0}, h) end, "step count")
+  T.raises(function() sere.ema_({p[2]:t()}, {gr[2]}, 0.9) end, "contiguous f32")
+  T.raises(function() sere.norms({p[1]:to("bf16")}) end, "contiguous f32")
+  T.raises(function() sere.scale_({p[1]}, {1, 2}) end, "must have 1 numbers")
+  T.raises(function() sere.adamw_step_({p[1]}, {gr[1]}, {m[1]}, {v[1]}, {1}, {lr = 1}) end, "weight_decay")
+end)
+
 T.test("cosine_scheduler: a tiny case by hand", function()
   local s = schedule.cosine_scheduler(1, 0, 2, 3, 1)
   T.eq(#s, 6)
