@@ -252,13 +252,25 @@ int sere_dist_init(void) {
 }
 
 /* ---- argument checks ---------------------------------------------------- */
-static int check_cpu(const sere_tensor *t, const char *op) {
-  if (t->storage->device != SERE_CPU) {
-    sere_fail("%s: got a CUDA tensor; collectives on CUDA tensors need NCCL, which sere does not have yet "
-              "(copy it to the CPU first)", op);
-    return -1;
+/* A host copy of a GPU tensor (NULL after sere_fail). Collectives on CUDA
+ * tensors stage through host memory over MPI; NCCL will replace this. */
+static sere_tensor *host_copy(const sere_tensor *t) {
+  sere_tensor *h = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
+  if (h && sere_copy_raw(h, t)) {
+    sere_tensor_release(h);
+    return NULL;
   }
-  return 0;
+  return h;
+}
+
+/* Runs an in-place collective on the host copy of a GPU tensor and copies
+ * the result back. */
+static int through_host(sere_tensor *t, int (*collective)(sere_tensor *, int), int arg) {
+  sere_tensor *h = host_copy(t);
+  int rc = !h || collective(h, arg) || sere_copy_raw(t, h) ? -1 : 0;
+  sere_tensor_release(h);
+  if (rc == 0) sere_bump_version(t);
+  return rc;
 }
 
 static int check_contiguous(const sere_tensor *t, const char *op) {
@@ -290,14 +302,17 @@ static int check_reduce_dtype(const sere_tensor *t, sere_dist_op op) {
 /* ---- collectives -------------------------------------------------------- */
 int sere_dist_barrier(void) { return dist.world > 1 ? transport_barrier() : 0; }
 
+static int all_reduce_op(sere_tensor *t, int op) { return sere_dist_all_reduce(t, (sere_dist_op)op); }
+static int broadcast_op(sere_tensor *t, int root) { return sere_dist_broadcast(t, root); }
+
 int sere_dist_all_reduce(sere_tensor *t, sere_dist_op op) {
   if ((int)op < 0 || op > SERE_DIST_MAX) {
     sere_fail("dist.all_reduce: unknown op %d", (int)op);
     return -1;
   }
-  if (check_cpu(t, "dist.all_reduce") || check_contiguous(t, "dist.all_reduce") || check_reduce_dtype(t, op))
-    return -1;
+  if (check_contiguous(t, "dist.all_reduce") || check_reduce_dtype(t, op)) return -1;
   if (dist.world == 1) return 0; /* one rank: sum, avg and max are the identity */
+  if (sere_device_of(t) != SERE_CPU) return through_host(t, all_reduce_op, (int)op);
   /* bf16 is reduced in an f32 copy and rounded once, not at every rank */
   sere_tensor *work = t->dtype == SERE_BF16 ? sere_as_contiguous_dtype(t, SERE_F32) : sere_tensor_retain(t);
   if (!work) return -1;
@@ -314,7 +329,19 @@ int sere_dist_all_reduce(sere_tensor *t, sere_dist_op op) {
 }
 
 sere_tensor *sere_dist_all_gather(sere_tensor *t) {
-  if (check_cpu(t, "dist.all_gather")) return NULL;
+  if (sere_device_of(t) != SERE_CPU) {
+    sere_tensor *h = host_copy(t), *gathered = h ? sere_dist_all_gather(h) : NULL;
+    sere_tensor *out = gathered ? sere_tensor_new_uninit_on(sere_device_of(t), gathered->dtype, gathered->ndim,
+                                                            gathered->shape)
+                                : NULL;
+    if (out && sere_copy_raw(out, gathered)) {
+      sere_tensor_release(out);
+      out = NULL;
+    }
+    sere_tensor_release(h);
+    sere_tensor_release(gathered);
+    return out;
+  }
   int64_t shape[SERE_MAX_DIMS];
   int ndim = t->ndim ? t->ndim : 1;
   shape[0] = (t->ndim ? t->shape[0] : 1) * dist.world;
@@ -338,8 +365,9 @@ int sere_dist_broadcast(sere_tensor *t, int root) {
               dist.world - 1);
     return -1;
   }
-  if (check_cpu(t, "dist.broadcast") || check_contiguous(t, "dist.broadcast")) return -1;
+  if (check_contiguous(t, "dist.broadcast")) return -1;
   if (dist.world == 1) return 0;
+  if (sere_device_of(t) != SERE_CPU) return through_host(t, broadcast_op, root);
   if (transport_broadcast(t, root)) return -1;
   sere_bump_version(t);
   return 0;

@@ -100,6 +100,7 @@ recipe.SERE_FLAGS = {
   {"print_freq", 10, "sere: iterations between progress lines"},
   {"saveckp_iters", 0, "sere: also write checkpoint.safetensors every this many iterations (0: per epoch only)"},
   {"stop_after_iters", 0, "sere: stop after this many iterations in all, with a checkpoint (0: run to the end)"},
+  {"device", "auto", "sere: where to train: cuda, cpu, or auto (cuda when a GPU is available)"},
 }
 
 --- flags(defaults[, extra]) -> the flag spec for sere.args:

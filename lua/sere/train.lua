@@ -137,6 +137,32 @@ end
 -- The checkpoint to resume from: --resume (a path as given), --load_from
 -- (relative to output_dir, as in the reference), else
 -- output_dir/checkpoint.safetensors if it exists.
+--- train.device(flag) -> "cpu" or "cuda": the --device flag resolved
+--- ("auto" is cuda when a GPU is usable).
+function train.device(flag)
+  if flag == "auto" then return sere.cuda.is_available() and "cuda" or "cpu" end
+  if flag ~= "cpu" and flag ~= "cuda" then
+    error(string.format("train: --device must be auto, cpu or cuda, got '%s'", tostring(flag)), 0)
+  end
+  if flag == "cuda" and not sere.cuda.is_available() then
+    error("train: --device cuda, but " .. (sere.cuda.compiled() and "no CUDA device is available"
+      or "this sere was built without CUDA"), 0)
+  end
+  return flag
+end
+
+-- A batch from the loader (tensors, and tables of tensors) on the device.
+local function to_device(batch, device)
+  if device == "cpu" then return batch end
+  local out = {}
+  for k, v in pairs(batch) do
+    if sere.is_tensor(v) then out[k] = v:to(device)
+    elseif type(v) == "table" then out[k] = to_device(v, device)
+    else out[k] = v end
+  end
+  return out
+end
+
 local function resume_path(a, ckpt)
   if a.resume then
     if not sere.io.exists(a.resume) then error("train: --resume " .. a.resume .. ": no such file", 0) end
@@ -167,8 +193,14 @@ function train.run(a, R)
   local ckpt = a.output_dir .. "/checkpoint.safetensors"
   local log_path = a.output_dir .. "/log.txt"
   sere.manual_seed(a.seed) -- the same seed on every rank (9)
+  local device = train.device(a.device or "auto")
+  if device == "cuda" and world > 1 then
+    sere.cuda.set_device(dist.local_rank() % sere.cuda.device_count() + 1) -- one GPU per process
+  end
 
   local student, teacher = R.networks(a)
+  student:to(device) -- before the optimizer and the EMA pair up its parameters
+  teacher:to(device)
   local loader = data.Loader({dataset = a.data_path, recipe = R.crops(a), batch_size = a.batch_size_per_gpu,
     threads = a.num_workers, seed = a.seed, rank = rank, world_size = world})
   local niter = loader:num_batches()
@@ -179,7 +211,8 @@ function train.run(a, R)
   local opt = optim.AdamW(optim.param_groups(student))
   local ema = optim.EMA(student, teacher)
   local k_patch = (a.shared_head or a.shared_head_teacher) and a.out_dim or a.patch_out_dim
-  local state = {center = sere.zeros(1, a.out_dim), center2 = sere.zeros(1, 1, k_patch)}
+  local state = {center = sere.zeros({1, a.out_dim}, {device = device}),
+    center2 = sere.zeros({1, 1, k_patch}, {device = device})}
   local run = {student = student, teacher = teacher, optimizer = opt, state = state, cfg = a}
 
   local start_it = 0
@@ -200,7 +233,8 @@ function train.run(a, R)
     student:num_parameters(), niter, a.batch_size_per_gpu * world,
     world > 1 and string.format(" (%d ranks of %d)", world, a.batch_size_per_gpu) or "", a.epochs,
     accum > 1 and string.format(", an optimizer step every %d iterations", accum) or "")
-  if a.use_fp16 then say("train: --use_fp16 has no effect on CPU: training runs in f32") end
+  say("train: on %s%s", device, device == "cuda" and (" (" .. sere.cuda.device_name() .. ")") or "")
+  if a.use_fp16 then say("train: --use_fp16 has no effect yet: training runs in f32") end
 
   local losses, first_loss, last_loss = {}, nil, nil
   local total_it = a.epochs * niter
@@ -220,6 +254,7 @@ function train.run(a, R)
     for _, k in ipairs(METERS) do sums[k] = 0 end
     local i = first
     for batch in loader:epoch(epoch, {start_batch = first + 1}) do
+      batch = to_device(batch, device)
       local it = epoch * niter + i
       if it >= stop_it then break end
       local group_start, group_end = it % accum == 0, (it + 1) % accum == 0 or it + 1 == total_it
