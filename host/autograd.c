@@ -227,6 +227,11 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
                 sere_shape_str(grad, a, sizeof a), sere_shape_str(root, b, sizeof b));
       return -1;
     }
+    if (sere_device_of(grad) != sere_device_of(root)) {
+      sere_fail("backward: gradient on %s given for a tensor on %s (move it with :to())",
+                sere_device_name(sere_device_of(grad)), sere_device_name(sere_device_of(root)));
+      return -1;
+    }
     seed = sere_as_contiguous_dtype(grad, sere_dtype_is_float(root->dtype) ? root->dtype : SERE_F32);
   } else {
     if (sere_numel(root) != 1) {

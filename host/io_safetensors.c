@@ -796,8 +796,6 @@ static int check_write_args(const char *path, int n, const char *const *names, s
     if (!strcmp(name, METADATA_KEY)) return fail("%s: '" METADATA_KEY "' is reserved, not a tensor name", path);
     if (!is_utf8(name)) return fail("%s: tensor name " NAME_FMT " is not valid UTF-8", path, NAME_ARG(name));
     if (!t) return fail("%s: tensor " NAME_FMT " is missing", path, NAME_ARG(name));
-    if (t->storage->device != SERE_CPU)
-      return fail("%s: tensor " NAME_FMT " is not on the cpu; copy it there before saving", path, NAME_ARG(name));
     if (st_dtype_of_sere(t->dtype) < 0)
       return fail("%s: tensor " NAME_FMT ": dtype %s has no safetensors equivalent", path, NAME_ARG(name),
                   sere_dtype_name(t->dtype));

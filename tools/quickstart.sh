@@ -5,7 +5,9 @@
 #                                      then build/sere recipes/tiny.lua [args...]
 #   tools/quickstart.sh test           install dependencies, build build/ (release; CUDA
 #                                      kernels too when nvcc is found) and build-asan/
-#                                      (ASan+UBSan, CPU only), run ctest in both
+#                                      (ASan+UBSan, CPU only), run ctest in both; then
+#                                      build-emu/ (the CUDA kernels on the CPU emulator,
+#                                      ASan+UBSan) and run the GPU tests there
 # Environment: JOBS (parallel compile jobs, default: all cores),
 # CTEST_PARALLEL_LEVEL (parallel tests, default: one at a time).
 set -euo pipefail
@@ -27,10 +29,11 @@ build() { # build DIR CMAKE_ARGS...
 
 # Runs ctest in DIR and records its summary line in SUMMARY.
 SUMMARY=()
-run_tests() { # run_tests DIR
+run_tests() { # run_tests DIR [CTEST_ARGS...]
   local dir=$1 status=0
-  echo "== testing $dir"
-  ctest --test-dir "$dir" --output-on-failure 2>&1 | tee "$dir/ctest.log" || status=1
+  shift
+  echo "== testing $dir $*"
+  ctest --test-dir "$dir" --output-on-failure "$@" 2>&1 | tee "$dir/ctest.log" || status=1
   local line
   line=$(grep -E "tests passed|No tests were found" "$dir/ctest.log" | tail -n 1 || true)
   SUMMARY+=("$dir: ${line:-ctest did not finish}")
@@ -61,6 +64,13 @@ case "${1:-}" in
       run_tests build-asan || failed=1
     else
       SUMMARY+=("build-asan: BUILD FAILED"); failed=1
+    fi
+    # No GPU here: the parity suite runs the kernels on the emulator, with
+    # ASan watching their memory accesses (kernels/emulator/emulator.h).
+    if build build-emu -DSERE_CUDA=EMULATE -DSERE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Release; then
+      run_tests build-emu -R "cuda|emulator" || failed=1
+    else
+      SUMMARY+=("build-emu: BUILD FAILED"); failed=1
     fi
     echo
     echo "== summary"

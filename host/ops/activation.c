@@ -20,10 +20,13 @@
  * when the program loads (SERE_WIDE_SIMD): GELU is bound by arithmetic, not
  * memory, and the wider vectors make it 2.8 times faster than SSE2 alone.
  *
- * ReLU saves its output (y > 0 exactly where x > 0), GELU its input. */
+ * ReLU saves its output (y > 0 exactly where x > 0), GELU its input.
+ * CUDA tensors run kernels/activation.cu (f32 or bf16 in and out, no
+ * conversion passes). */
 #include <math.h>
 #include <string.h>
 
+#include "../../kernels/activation.h" /* sere_activation; the kernels when built with CUDA */
 #include "ops.h"
 #include "vecmath.h"
 
@@ -108,13 +111,12 @@ static void relu_backward(const float *restrict g, const float *restrict y, floa
 
 typedef void (*act_kernel)(const float *restrict, const float *restrict, float *restrict, int64_t);
 
+/* Indexed by sere_activation (kernels/activation.h). */
 static const struct {
   const char *name;
   act_kernel forward, backward;
   int saves_output; /* else the input */
 } acts[] = {{"gelu", gelu_forward, gelu_backward, 0}, {"relu", relu_forward, relu_backward, 1}};
-
-enum { GELU, RELU };
 
 static void run(act_kernel fn, const float *a, const float *b, float *out, int64_t n) {
   int64_t nblocks = (n + BLOCK - 1) / BLOCK;
@@ -125,8 +127,34 @@ static void run(act_kernel fn, const float *a, const float *b, float *out, int64
   }
 }
 
-/* f32 result of kernel fn over a (and b), converted to dtype d. */
-static sere_tensor *map(act_kernel fn, sere_tensor *a, sere_tensor *b, sere_dtype d) {
+#ifdef SERE_WITH_CUDA
+/* t contiguous in f32 or bf16, as the kernels take it (new reference). */
+static sere_tensor *cuda_operand(sere_tensor *t) {
+  return sere_as_contiguous_dtype(t, t->dtype == SERE_BF16 ? SERE_BF16 : SERE_F32);
+}
+
+static sere_tensor *map_cuda(sere_activation which, int backward, sere_tensor *a, sere_tensor *b, sere_dtype d) {
+  sere_tensor *ac = cuda_operand(a);
+  sere_tensor *bc = b && ac ? cuda_operand(b) : NULL;
+  sere_tensor *out = ac && (bc || !b) ? sere_tensor_new_uninit_like(a, d) : NULL;
+  if (out && sere_cuda_activation(which, backward, sere_data(ac), ac->dtype, bc ? sere_data(bc) : NULL,
+                                  bc ? (int)bc->dtype : SERE_F32, sere_data(out), d, sere_numel(a))) {
+    sere_tensor_release(out);
+    out = NULL;
+  }
+  sere_tensor_release(ac);
+  sere_tensor_release(bc);
+  return out;
+}
+#endif
+
+/* Activation `which` (backward: its gradient) over a (and b) in dtype d:
+ * computed in f32, converted to d. */
+static sere_tensor *map(sere_activation which, int backward, sere_tensor *a, sere_tensor *b, sere_dtype d) {
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(a) == SERE_CUDA) return map_cuda(which, backward, a, b, d);
+#endif
+  act_kernel fn = backward ? acts[which].backward : acts[which].forward;
   sere_tensor *af = sere_as_contiguous_dtype(a, SERE_F32);
   sere_tensor *bf = b && af ? sere_as_contiguous_dtype(b, SERE_F32) : NULL;
   sere_tensor *out = af && (bf || !b) ? sere_tensor_new_uninit(SERE_F32, a->ndim, a->shape) : NULL;
@@ -140,18 +168,18 @@ static sere_tensor *map(act_kernel fn, sere_tensor *a, sere_tensor *b, sere_dtyp
 static int act_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *s = sere_node_saved(n, 0);
   if (!s) return -1;
-  gi[0] = map(acts[n->ints[0]].backward, g, s, n->edges[0].dtype);
+  gi[0] = map((sere_activation)n->ints[0], 1, g, s, n->edges[0].dtype);
   return gi[0] ? 0 : -1;
 }
 
-static sere_tensor *activation(sere_tensor *x, int which) {
+static sere_tensor *activation(sere_tensor *x, sere_activation which) {
   const char *name = acts[which].name;
   if (!sere_dtype_is_float(x->dtype)) {
     char s[160];
     return sere_fail("%s: expects a float tensor, got %s of shape %s; convert it first with :float()", name,
                      sere_dtype_name(x->dtype), sere_shape_str(x, s, sizeof s));
   }
-  sere_tensor *out = map(acts[which].forward, x, NULL, x->dtype);
+  sere_tensor *out = map(which, 0, x, NULL, x->dtype);
   if (!out || !sere_needs_grad(1, &x)) return out;
   sere_node *n = sere_node_new(name, act_backward, 1, &x);
   if (n) sere_attach(out, n);
@@ -163,5 +191,5 @@ static sere_tensor *activation(sere_tensor *x, int which) {
   return out;
 }
 
-sere_tensor *sere_gelu(sere_tensor *x) { return activation(x, GELU); }
-sere_tensor *sere_relu(sere_tensor *x) { return activation(x, RELU); }
+sere_tensor *sere_gelu(sere_tensor *x) { return activation(x, SERE_ACT_GELU); }
+sere_tensor *sere_relu(sere_tensor *x) { return activation(x, SERE_ACT_RELU); }

@@ -24,7 +24,12 @@
  *
  * Operands are read in place whenever BLAS can (f32 with unit column
  * stride), so q, k and v sliced out of one [B, T, 3, h, d] qkv tensor cost
- * no copy. bf16 is computed in f32 and the result returned as bf16. */
+ * no copy. bf16 is computed in f32 and the result returned as bf16.
+ *
+ * Tensors on the GPU go to the fused kernels of kernels/attention.cu,
+ * which read the same strided views in place. Their backward uses
+ * FlashAttention's delta = rowsum(dO * O), so the CUDA path also saves the
+ * output. */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
@@ -34,6 +39,9 @@
 
 #include "ops.h"
 #include "vecmath.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/attention.h"
+#endif
 
 #define SHAPE_BUF 160
 #define BLOCK_FLOATS (1 << 16) /* one block of scores: 256 KiB */
@@ -234,11 +242,86 @@ static void describe(problem *p, const sere_tensor *q, const sere_tensor *k, con
   p->bq = bq < 1 ? 1 : bq > p->tq ? (int)p->tq : (int)bq;
 }
 
-/* saved: q, k, v, lse [..., Tq] f32; scalars[0] = scale. */
+#ifdef SERE_WITH_CUDA
+/* t itself (retained) when the kernels can read it in place (dtype d,
+ * columns of stride 1), else a contiguous copy in dtype d. */
+static sere_tensor *kernel_readable(sere_tensor *t, sere_dtype d) {
+  int c = t->ndim - 1;
+  int ok = t->dtype == d && (t->stride[c] == 1 || t->shape[c] <= 1);
+  return ok ? sere_tensor_retain(t) : sere_as_contiguous_dtype(t, d);
+}
+
+/* The forward on the GPU: the output in q's dtype and *lse_out. */
+static sere_tensor *cuda_forward(sere_tensor *q, sere_tensor *k, sere_tensor *v, const problem *p,
+                                 const int64_t *oshape, sere_tensor **lse_out) {
+  sere_tensor *in[3] = {NULL}, *src[3] = {q, k, v}, *out = NULL, *lse = NULL;
+  int rc = -1, empty = p->tk == 0; /* softmax over no keys: the output is 0 */
+  for (int i = 0; i < 3; i++)
+    if (!(in[i] = kernel_readable(src[i], q->dtype))) goto done;
+  out = empty ? sere_tensor_new_on(SERE_CUDA, q->dtype, q->ndim, oshape)
+              : sere_tensor_new_uninit_on(SERE_CUDA, q->dtype, q->ndim, oshape);
+  lse = out ? sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, q->ndim - 1, q->shape) : NULL;
+  if (!lse) goto done;
+  if (empty)
+    rc = sere_fill_raw(lse, -INFINITY);
+  else
+    rc = p->heads && p->tq ? sere_cuda_attention_forward(in[0], in[1], in[2], p->scale, out, lse) : 0;
+done:
+  for (int i = 0; i < 3; i++) sere_tensor_release(in[i]);
+  if (rc) {
+    sere_tensor_release(out);
+    sere_tensor_release(lse);
+    return NULL;
+  }
+  *lse_out = lse;
+  return out;
+}
+
+/* attention_backward on the GPU; saved[4] is the output. */
+static int cuda_backward(sere_node *n, sere_tensor *g, sere_tensor **saved, sere_tensor **gi) {
+  sere_tensor *out = sere_node_saved(n, 4);
+  sere_device_type dev;
+  if (!out || sere_common_device("attention backward", &dev, 2, (sere_tensor *[]){saved[0], g})) return -1;
+  problem p;
+  describe(&p, saved[0], saved[1], saved[2], n->scalars[0]);
+  sere_dtype dt = saved[0]->dtype;
+  int empty = p.tq == 0 || p.tk == 0, rc = -1;
+  sere_tensor *in[5] = {NULL}, *grads[3] = {NULL}, *delta = NULL; /* q, k, v, dO, out */
+  for (int i = 0; i < 5; i++)
+    if (!(in[i] = kernel_readable(i < 3 ? saved[i] : i == 3 ? g : out, dt))) goto done;
+  for (int i = 0; i < 3; i++) {
+    const sere_edge *e = &n->edges[i];
+    if (!sere_edge_needed(n, i)) continue;
+    grads[i] = empty ? sere_tensor_new_on(SERE_CUDA, dt, e->ndim, e->shape)
+                     : sere_tensor_new_uninit_on(SERE_CUDA, dt, e->ndim, e->shape);
+    if (!grads[i]) goto done;
+  }
+  if (!empty && p.heads) {
+    int64_t rows = p.heads * p.tq;
+    if ((grads[0] || grads[1]) && !(delta = sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, 1, &rows))) goto done;
+    if (sere_cuda_attention_backward(in[0], in[1], in[2], in[3], in[4], saved[3], p.scale, delta, grads[0], grads[1],
+                                     grads[2]))
+      goto done;
+  }
+  for (int i = 0; i < 3; i++)
+    if (grads[i] && !(gi[i] = sere_as_contiguous_dtype(grads[i], n->edges[i].dtype))) goto done;
+  rc = 0;
+done:
+  for (int i = 0; i < 5; i++) sere_tensor_release(in[i]);
+  for (int i = 0; i < 3; i++) sere_tensor_release(grads[i]);
+  sere_tensor_release(delta);
+  return rc;
+}
+#endif
+
+/* saved: q, k, v, lse [..., Tq] f32, and on the GPU the output; scalars[0] = scale. */
 static int attention_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *saved[4];
   for (int i = 0; i < 4; i++)
     if (!(saved[i] = sere_node_saved(n, i))) return -1;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(saved[0]) == SERE_CUDA) return cuda_backward(n, g, saved, gi);
+#endif
   problem p;
   describe(&p, saved[0], saved[1], saved[2], n->scalars[0]);
   int empty = p.tq == 0 || p.tk == 0, rc = 0;
@@ -292,15 +375,10 @@ static sere_tensor *check_inputs(sere_tensor *q, sere_tensor *k, sere_tensor *v)
   return q;
 }
 
-sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, double scale) {
-  if (!check_inputs(q, k, v)) return NULL;
-  if (!isfinite(scale)) return sere_fail("attention: scale must be finite, got %g", scale);
-  problem p;
-  describe(&p, q, k, v, scale);
-  int64_t oshape[SERE_MAX_DIMS];
-  memcpy(oshape, q->shape, sizeof oshape);
-  oshape[p.nb + 1] = p.dv;
-  int empty = p.tk == 0; /* softmax over no keys: the output is 0 */
+/* The forward on the CPU: the output in q's dtype and *lse_out. */
+static sere_tensor *cpu_forward(sere_tensor *q, sere_tensor *k, sere_tensor *v, const problem *p,
+                                const int64_t *oshape, sere_tensor **lse_out) {
+  int empty = p->tk == 0; /* softmax over no keys: the output is 0 */
   sere_tensor *in[3] = {readable(q), NULL, NULL};
   in[1] = in[0] ? readable(k) : NULL;
   in[2] = in[1] ? readable(v) : NULL;
@@ -312,24 +390,51 @@ sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, doub
   int rc = lse ? 0 : -1;
   if (!rc && empty) {
     sere_fill_raw(lse, -INFINITY);
-  } else if (!rc && p.heads && p.tq) {
+  } else if (!rc && p->heads && p->tq) {
     fwd_ctx c = {.out = out->storage->data, .lse = lse->storage->data};
-    set_mat(&c.q, in[0], p.nb);
-    set_mat(&c.k, in[1], p.nb);
-    set_mat(&c.v, in[2], p.nb);
-    rc = run_tasks(&p, p.heads * ((p.tq + p.bq - 1) / p.bq), (size_t)(p.bq * p.tk), forward_task, &c);
+    set_mat(&c.q, in[0], p->nb);
+    set_mat(&c.k, in[1], p->nb);
+    set_mat(&c.v, in[2], p->nb);
+    rc = run_tasks(p, p->heads * ((p->tq + p->bq - 1) / p->bq), (size_t)(p->bq * p->tk), forward_task, &c);
   }
   for (int i = 0; i < 3; i++) sere_tensor_release(in[i]);
   sere_tensor *res = rc ? NULL : sere_as_contiguous_dtype(out, q->dtype);
   sere_tensor_release(out);
+  if (res)
+    *lse_out = lse;
+  else
+    sere_tensor_release(lse);
+  return res;
+}
+
+sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, double scale) {
   sere_tensor *inputs[3] = {q, k, v};
+  sere_device_type dev;
+  if (sere_common_device("attention", &dev, 3, inputs) || !check_inputs(q, k, v)) return NULL;
+  if (!isfinite(scale)) return sere_fail("attention: scale must be finite, got %g", scale);
+  problem p;
+  describe(&p, q, k, v, scale);
+  int64_t oshape[SERE_MAX_DIMS];
+  memcpy(oshape, q->shape, sizeof oshape);
+  oshape[p.nb + 1] = p.dv;
+  sere_tensor *res = NULL, *lse = NULL;
+  if (dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    if (p.d > SERE_CUDA_ATTENTION_MAX_WIDTH || p.dv > SERE_CUDA_ATTENTION_MAX_WIDTH)
+      return sere_fail("attention: CUDA kernels take head widths up to %d, got q/k width %lld and v width %lld",
+                       SERE_CUDA_ATTENTION_MAX_WIDTH, (long long)p.d, (long long)p.dv);
+    res = cuda_forward(q, k, v, &p, oshape, &lse);
+#endif
+  } else {
+    res = cpu_forward(q, k, v, &p, oshape, &lse);
+  }
   if (!res || !sere_needs_grad(3, inputs)) {
     sere_tensor_release(lse);
     return res;
   }
   sere_node *n = sere_node_new("attention", attention_backward, 3, inputs);
   if (!n || sere_node_save(n, 0, q) || sere_node_save(n, 1, k) || sere_node_save(n, 2, v) ||
-      sere_node_save(n, 3, lse)) {
+      sere_node_save(n, 3, lse) || (dev == SERE_CUDA && sere_node_save_output(n, 4, res))) {
     if (n) sere_node_release(n);
     sere_tensor_release(lse);
     sere_tensor_release(res);

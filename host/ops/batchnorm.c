@@ -25,12 +25,23 @@
  * C sums of squares, the C counts (backward: the C sums of g, then of
  * g xh). Eval
  * mode: gx = w invstd g. Partial sums are taken per fixed block of `outer`
- * and added in order, so results do not depend on the number of threads. */
+ * and added in order, so results do not depend on the number of threads.
+ *
+ * CUDA tensors run the same passes in kernels/batchnorm.cu, the per-channel
+ * sums and coefficients staying on the device. The sync hook takes host
+ * memory, so with a hook the few per-channel sums ([3 C] forward, [2 C]
+ * backward) are copied to the host, all-reduced there and copied back: a
+ * stream synchronisation per call that an NCCL all-reduce on the device
+ * will replace. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/batchnorm.h"
+#include "cuda_device.h"
+#endif
 
 #define PARALLEL_MIN 32768
 #define MAX_BLOCKS 64
@@ -69,10 +80,10 @@ static sere_tensor *to_layout(sere_tensor *t, int channels_last) {
   return r;
 }
 
-/* A new f32 tensor of x's shape whose memory is in the layout. */
-static sere_tensor *new_in_layout(const sere_tensor *x, int channels_last) {
+/* A new f32 tensor of x's shape on dev whose memory is in the layout. */
+static sere_tensor *new_in_layout(const sere_tensor *x, int channels_last, sere_device_type dev) {
   int64_t shape[SERE_MAX_DIMS], stride[SERE_MAX_DIMS], s = 1;
-  if (!channels_last) return sere_tensor_new_uninit(SERE_F32, x->ndim, x->shape);
+  if (!channels_last) return sere_tensor_new_uninit_on(dev, SERE_F32, x->ndim, x->shape);
   for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
   stride[1] = 1;
   s = x->shape[1];
@@ -81,7 +92,7 @@ static sere_tensor *new_in_layout(const sere_tensor *x, int channels_last) {
     stride[i] = s;
     s *= x->shape[i];
   }
-  sere_tensor *buf = sere_tensor_new_uninit(SERE_F32, 1, &s);
+  sere_tensor *buf = sere_tensor_new_uninit_on(dev, SERE_F32, 1, &s);
   sere_tensor *t = buf ? sere_tensor_view_of(buf, x->ndim, shape, stride, 0) : NULL;
   sere_tensor_release(buf);
   return t;
@@ -179,6 +190,141 @@ static void channel_affine(float *out, const float *a, const float *b, const flo
   }
 }
 
+/* Training needs more than one value per channel (count: over all ranks). */
+static int check_count(const sere_tensor *x, double count, const sere_bn_sync *sync) {
+  char a[SHAPE_BUF];
+  if (x->shape[1] == 0 || count > 1) return 0;
+  sere_fail("batch_norm: expected more than 1 value per channel when training, got input of shape %s "
+            "(%.0f values per channel%s)", sere_shape_str(x, a, sizeof a), count, sync ? " over all ranks" : "");
+  return -1;
+}
+
+static const char *const FORWARD_SYNC_FAILED = "batch_norm: the sync all-reduce of the batch statistics failed";
+static const char *const BACKWARD_SYNC_FAILED = "batch_norm backward: the sync all-reduce of the gradient sums failed";
+
+/* ---- CUDA ----------------------------------------------------------------- */
+#ifdef SERE_WITH_CUDA
+/* The hook's all-reduce of per-channel sums that live on the device: the
+ * n_dev doubles at dev go to host[0..n_dev), the hook sums host[0..n)
+ * over ranks (the caller fills the rest, e.g. the counts), and
+ * host[0..n_dev) comes back to dev. */
+static int allreduce_through_host(const sere_bn_sync *sync, double *dev, double *host, int64_t n_dev, int64_t n,
+                                  const char *failed) {
+  size_t nbytes = sizeof *host * (size_t)n_dev;
+  if (sere_cuda_download(host, dev, nbytes)) return -1;
+  if (sync->allreduce_sum(host, n, sync->ctx)) {
+    sere_fail("%s", failed);
+    return -1;
+  }
+  return sere_cuda_upload(dev, host, nbytes);
+}
+
+/* Forward of CUDA tensors: fills stats ([2, C]: mean; invstd) and y from
+ * xf, and in training mode updates the running statistics; *count: the
+ * values per channel over all ranks. */
+static int batch_norm_forward_cuda(const sere_tensor *x, sere_tensor *xf, sere_tensor *wf, sere_tensor *bf,
+                                   sere_tensor *rm, sere_tensor *rv, int training, double momentum, double eps,
+                                   const sere_bn_sync *sync, int64_t outer, int64_t inner, sere_tensor *stats,
+                                   sere_tensor *y, double *count) {
+  const int64_t nc = x->shape[1];
+  const size_t sbytes = sizeof(double) * (size_t)(2 * nc + 1), kbytes = sizeof(float) * (size_t)(2 * nc + 1);
+  double *s = training ? sere_cuda_alloc(sbytes, 0) : NULL, *host = NULL;
+  float *k = sere_cuda_alloc(kbytes, 0);
+  int rc = -1;
+  if ((training && !s) || !k) goto done;
+  *count = (double)(outer * inner);
+  if (training) {
+    if (sere_cuda_bn_channel_sums(sere_data(xf), NULL, NULL, outer, nc, inner, s, s + nc)) goto done;
+    if (sync && nc) {
+      if (!(host = malloc(sizeof *host * (size_t)(3 * nc)))) {
+        sere_fail("batch_norm: out of memory");
+        goto done;
+      }
+      for (int64_t c = 0; c < nc; c++) host[2 * nc + c] = *count;
+      if (allreduce_through_host(sync, s, host, 2 * nc, 3 * nc, FORWARD_SYNC_FAILED)) goto done;
+      *count = host[2 * nc];
+    }
+    if (check_count(x, *count, sync)) goto done;
+  }
+  float *mean = sere_data(stats), *invstd = mean + nc;
+  /* s is NULL in eval mode: the coefficients come from the running statistics */
+  if (sere_cuda_bn_forward_coefficients(s, *count, rm, rv, wf ? sere_data(wf) : NULL, bf ? sere_data(bf) : NULL, nc,
+                                        momentum, eps, mean, invstd, k, k + nc) ||
+      sere_cuda_bn_channel_affine(sere_data(y), sere_data(xf), NULL, mean, k, NULL, k + nc, outer, nc, inner))
+    goto done;
+  if (training && rm) {
+    sere_bump_version(rm);
+    sere_bump_version(rv);
+  }
+  rc = 0;
+done:
+  if (s) sere_cuda_free(s, sbytes);
+  if (k) sere_cuda_free(k, kbytes);
+  free(host);
+  return rc;
+}
+
+/* Backward of CUDA tensors (see batch_norm_backward). */
+static int batch_norm_backward_cuda(sere_node *n, sere_tensor *g, sere_tensor *x, sere_tensor *w, sere_tensor *stats,
+                                    sere_tensor **gi) {
+  const sere_edge *ex = &n->edges[0];
+  const int training = (int)n->ints[0], cl = (int)n->ints[2];
+  const sere_bn_sync *sync = n->extra;
+  const int need_x = sere_edge_needed(n, 0), need_w = sere_edge_needed(n, 1), need_b = sere_edge_needed(n, 2);
+  const int64_t nc = x->shape[1];
+  int64_t outer, inner;
+  sere_device_type dev;
+  if (sere_common_device("batch_norm backward", &dev, 2, (sere_tensor *[]){x, g})) return -1;
+  layout_sizes(x, cl, &outer, &inner);
+  const size_t sbytes = sizeof(double) * (size_t)(2 * nc + 1), kbytes = sizeof(float) * (size_t)(3 * nc + 1);
+  sere_tensor *xf = to_layout(x, cl), *gf = to_layout(g, cl), *wf = w ? sere_as_contiguous_dtype(w, SERE_F32) : NULL;
+  sere_tensor *gx = need_x ? new_in_layout(x, cl, SERE_CUDA) : NULL;
+  sere_tensor *gw = need_w ? sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, 1, &nc) : NULL;
+  sere_tensor *gb = need_b ? sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, 1, &nc) : NULL;
+  double *s = sere_cuda_alloc(sbytes, 0), *host = NULL;
+  float *k = sere_cuda_alloc(kbytes, 0);
+  int rc = -1;
+  if (!xf || !gf || (w && !wf) || (need_x && !gx) || (need_w && !gw) || (need_b && !gb) || !s || !k) goto done;
+  const float *mean = sere_data(stats), *invstd = mean + nc, *ws = wf ? sere_data(wf) : NULL;
+  if ((need_w || need_b || (need_x && training)) &&
+      (sere_cuda_bn_channel_sums(sere_data(gf), sere_data(xf), mean, outer, nc, inner, s, s + nc) ||
+       sere_cuda_bn_gradient_sums(s, invstd, nc, gw ? sere_data(gw) : NULL, gb ? sere_data(gb) : NULL)))
+    goto done;
+  if (need_x) {
+    if (training && sync && nc) {
+      /* s becomes the sums over all ranks (gw and gb keep this rank's) */
+      if (!(host = malloc(sizeof *host * (size_t)(2 * nc)))) {
+        sere_fail("batch_norm backward: out of memory");
+        goto done;
+      }
+      if (allreduce_through_host(sync, s, host, 2 * nc, 2 * nc, BACKWARD_SYNC_FAILED)) goto done;
+    }
+    if (sere_cuda_bn_input_coefficients(training ? s : NULL, ws, invstd, n->scalars[0], nc, k, k + nc, k + 2 * nc) ||
+        sere_cuda_bn_channel_affine(sere_data(gx), sere_data(gf), training ? sere_data(xf) : NULL,
+                                    training ? mean : NULL, k, k + nc, training ? k + 2 * nc : NULL, outer, nc,
+                                    inner))
+      goto done;
+    /* an f32 gradient keeps the layout (channels last stays so) */
+    gi[0] = ex->dtype == SERE_F32 ? sere_tensor_retain(gx) : sere_as_contiguous_dtype(gx, ex->dtype);
+    if (!gi[0]) goto done;
+  }
+  if (need_w && !(gi[1] = sere_as_contiguous_dtype(gw, n->edges[1].dtype))) goto done;
+  if (need_b && !(gi[2] = sere_as_contiguous_dtype(gb, n->edges[2].dtype))) goto done;
+  rc = 0;
+done:
+  sere_tensor_release(xf);
+  sere_tensor_release(gf);
+  sere_tensor_release(wf);
+  sere_tensor_release(gx);
+  sere_tensor_release(gw);
+  sere_tensor_release(gb);
+  if (s) sere_cuda_free(s, sbytes);
+  if (k) sere_cuda_free(k, kbytes);
+  free(host);
+  return rc;
+}
+#endif
+
 /* ---- autograd ------------------------------------------------------------- */
 /* [nc] f32 tensor from doubles, in dtype d. */
 static sere_tensor *channel_tensor(const double *v, int64_t nc, sere_dtype d) {
@@ -203,12 +349,15 @@ static int batch_norm_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *x = sere_node_saved(n, 0), *w = n->ints[1] ? sere_node_saved(n, 1) : NULL;
   sere_tensor *stats = sere_node_saved(n, 2);
   if (!x || !stats || (n->ints[1] && !w)) return -1;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(x) == SERE_CUDA) return batch_norm_backward_cuda(n, g, x, w, stats, gi);
+#endif
   const int need_x = sere_edge_needed(n, 0), need_w = sere_edge_needed(n, 1), need_b = sere_edge_needed(n, 2);
   const int64_t nc = x->shape[1];
   int64_t outer, inner;
   layout_sizes(x, cl, &outer, &inner);
   sere_tensor *xf = to_layout(x, cl), *gf = to_layout(g, cl), *wf = w ? sere_as_contiguous_dtype(w, SERE_F32) : NULL;
-  sere_tensor *gx = need_x ? new_in_layout(x, cl) : NULL;
+  sere_tensor *gx = need_x ? new_in_layout(x, cl, SERE_CPU) : NULL;
   double *s = calloc((size_t)(4 * nc + 1), sizeof *s); /* s1, s2, then the all-reduced pair */
   float *k = calloc((size_t)(4 * nc + 1), sizeof *k);  /* k1, k2, k3, zeros */
   int rc = -1;
@@ -225,7 +374,7 @@ static int batch_norm_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
     if (training) {
       memcpy(r, s, sizeof *s * (size_t)(2 * nc));
       if (sync && sync->allreduce_sum(r, 2 * nc, sync->ctx)) {
-        sere_fail("batch_norm backward: the sync all-reduce of the gradient sums failed");
+        sere_fail("%s", BACKWARD_SYNC_FAILED);
         goto done;
       }
       const double cnt = n->scalars[0];
@@ -313,19 +462,14 @@ static int batch_stats(const sere_tensor *x, const float *xs, int64_t outer, int
                        double *s, double *count) {
   const int64_t nc = x->shape[1];
   double *s1 = s, *s2 = s + nc, *cnt = s + 2 * nc;
-  char a[SHAPE_BUF];
   if (channel_sums(xs, NULL, NULL, outer, nc, inner, s1, s2)) return -1;
   for (int64_t c = 0; c < nc; c++) cnt[c] = (double)(outer * inner);
   if (sync && sync->allreduce_sum(s, 3 * nc, sync->ctx)) {
-    sere_fail("batch_norm: the sync all-reduce of the batch statistics failed");
+    sere_fail("%s", FORWARD_SYNC_FAILED);
     return -1;
   }
   *count = nc ? cnt[0] : 0;
-  if (nc && *count <= 1) {
-    sere_fail("batch_norm: expected more than 1 value per channel when training, got input of shape %s "
-              "(%.0f values per channel%s)", sere_shape_str(x, a, sizeof a), *count, sync ? " over all ranks" : "");
-    return -1;
-  }
+  if (check_count(x, *count, sync)) return -1;
   for (int64_t c = 0; c < nc; c++) {
     double mean = s1[c] / cnt[c], var = s2[c] / cnt[c] - mean * mean;
     s1[c] = mean;
@@ -353,36 +497,47 @@ sere_tensor *sere_batch_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *b
                              sere_tensor *running_var, int training, double momentum, double eps,
                              const sere_bn_sync *sync) {
   if (check_args(x, weight, bias, running_mean, running_var, training, eps)) return NULL;
+  sere_device_type dev;
+  if (sere_common_device("batch_norm", &dev, 5, (sere_tensor *[]){x, weight, bias, running_mean, running_var}))
+    return NULL;
   const int64_t nc = x->shape[1];
   const int cl = is_channels_last(x);
   int64_t outer, inner;
   layout_sizes(x, cl, &outer, &inner);
   sere_tensor *xf = to_layout(x, cl), *wf = weight ? sere_as_contiguous_dtype(weight, SERE_F32) : NULL;
   sere_tensor *bf = bias ? sere_as_contiguous_dtype(bias, SERE_F32) : NULL;
-  sere_tensor *stats = sere_tensor_new_uninit(SERE_F32, 2, (int64_t[]){2, nc});
-  sere_tensor *y = new_in_layout(x, cl), *out = NULL;
+  sere_tensor *stats = sere_tensor_new_uninit_on(dev, SERE_F32, 2, (int64_t[]){2, nc});
+  sere_tensor *y = new_in_layout(x, cl, dev), *out = NULL;
   double *s = calloc((size_t)(3 * nc + 1), sizeof *s), count = 0;
   float *k = calloc((size_t)(2 * nc + 1), sizeof *k);
   if (!s || !k) sere_fail("batch_norm: out of memory");
   if (!xf || (weight && !wf) || (bias && !bf) || !stats || !y || !s || !k) goto done;
-  if (training) {
-    if (batch_stats(x, sere_data(xf), outer, inner, sync, s, &count)) goto done;
+  if (dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    if (batch_norm_forward_cuda(x, xf, wf, bf, running_mean, running_var, training, momentum, eps, sync, outer, inner,
+                                stats, y, &count))
+      goto done;
+#endif
   } else {
-    for (int64_t c = 0; c < nc; c++) {
-      s[c] = load_at(running_mean, c);
-      s[nc + c] = load_at(running_var, c);
+    if (training) {
+      if (batch_stats(x, sere_data(xf), outer, inner, sync, s, &count)) goto done;
+    } else {
+      for (int64_t c = 0; c < nc; c++) {
+        s[c] = load_at(running_mean, c);
+        s[nc + c] = load_at(running_var, c);
+      }
     }
+    float *mean = sere_data(stats), *invstd = mean + nc, *k1 = k, *k3 = k + nc;
+    const float *ws = wf ? sere_data(wf) : NULL, *bs = bf ? sere_data(bf) : NULL;
+    for (int64_t c = 0; c < nc; c++) {
+      double is = 1.0 / sqrt(s[nc + c] + eps);
+      mean[c] = (float)s[c];
+      invstd[c] = (float)is;
+      k1[c] = (float)(weight_at(ws, c) * is);
+      k3[c] = bs ? bs[c] : 0.0f;
+    }
+    channel_affine(sere_data(y), sere_data(xf), NULL, mean, k1, NULL, k3, outer, nc, inner);
   }
-  float *mean = sere_data(stats), *invstd = mean + nc, *k1 = k, *k3 = k + nc;
-  const float *ws = wf ? sere_data(wf) : NULL, *bs = bf ? sere_data(bf) : NULL;
-  for (int64_t c = 0; c < nc; c++) {
-    double is = 1.0 / sqrt(s[nc + c] + eps);
-    mean[c] = (float)s[c];
-    invstd[c] = (float)is;
-    k1[c] = (float)(weight_at(ws, c) * is);
-    k3[c] = bs ? bs[c] : 0.0f;
-  }
-  channel_affine(sere_data(y), sere_data(xf), NULL, mean, k1, NULL, k3, outer, nc, inner);
   out = x->dtype == SERE_F32 ? sere_tensor_retain(y) : sere_as_contiguous_dtype(y, x->dtype);
   if (!out) goto done;
   if (sere_needs_grad(3, (sere_tensor *[]){x, weight, bias})) {
@@ -405,7 +560,7 @@ sere_tensor *sere_batch_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *b
     sere_node_save(n, 2, stats);
     sere_attach(out, n);
   }
-  if (training && running_mean) {
+  if (training && running_mean && dev == SERE_CPU) {
     update_running(running_mean, s, momentum, 1.0);
     update_running(running_var, s + nc, momentum, count / (count - 1));
   }

@@ -14,7 +14,13 @@
  * otherwise it is staged through small buffers that convert dtypes and
  * gather strided elements. Kernels are plain loops, one per op and stride
  * pattern, that the compiler vectorises; bf16 is computed in f32, integers
- * exactly in i64. */
+ * exactly in i64.
+ *
+ * On the GPU the same driver broadcasts and merges the dims, and the whole
+ * iteration becomes one launch of kernels/elementwise.cu, which computes
+ * each op code with the CPU kernel's formula. A 0-dim CPU tensor (every
+ * scalar operand, a Lua number) may join GPU tensors: its value travels
+ * with the launch (sere_ew_check_devices). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,17 +30,6 @@
 #define CHUNK 16384 /* elements per parallel work item */
 #define BLOCK 256   /* elements per staging buffer */
 #define INT64_SAFE 9.2e18 /* doubles smaller in magnitude convert to int64_t safely */
-
-/* Kernel op codes of this file beyond the public enums (which kernels use
- * as they are). */
-enum {
-  OP_AXPY = 100, /* binary: x + alpha * y */
-  GRAD_DIV_B,    /* ternary (g, a, b): gradient of a / b for b */
-  GRAD_POW_BASE, /* ternary (g, a, b): gradient of a ^ b for a */
-  GRAD_POW_EXP,  /* ternary (g, a, b): gradient of a ^ b for b */
-  GRAD_MAX,      /* ternary (g, a, b): gradient of maximum(a, b) for a */
-  GRAD_MIN,
-};
 
 /* ---- dtype rules ----------------------------------------------------- */
 static int category(sere_dtype d) { return d == SERE_BOOL ? 0 : sere_dtype_is_float(d) ? 2 : 1; }
@@ -128,7 +123,7 @@ static void k_binary_f32(const sere_ew_plan *p, void *out, void *const *in, cons
     /* a NaN on either side propagates, as in PyTorch */
     case SERE_MAXIMUM: MAP2(float, x > y || x != x ? x : y); break;
     case SERE_MINIMUM: MAP2(float, x < y || x != x ? x : y); break;
-    case OP_AXPY: MAP2(float, x + alpha * y); break;
+    case SERE_EWOP_AXPY: MAP2(float, x + alpha * y); break;
   }
 }
 
@@ -152,7 +147,7 @@ static void k_binary_i64(const sere_ew_plan *p, void *out, void *const *in, cons
     case SERE_POW: MAP2(int64_t, ipow(x, y)); break;
     case SERE_MAXIMUM: MAP2(int64_t, x > y ? x : y); break;
     case SERE_MINIMUM: MAP2(int64_t, x < y ? x : y); break;
-    case OP_AXPY: MAP2(int64_t, (int64_t)((uint64_t)x + alpha * (uint64_t)y)); break;
+    case SERE_EWOP_AXPY: MAP2(int64_t, (int64_t)((uint64_t)x + alpha * (uint64_t)y)); break;
   }
 }
 
@@ -201,12 +196,12 @@ static void k_where(const sere_ew_plan *p, void *out, void *const *in, const int
 static void k_binary_grad(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n) {
   float *o = out;
   switch (p->op) {
-    case GRAD_DIV_B: ZIP3(float, -x * y / (z * z)); break;
-    case GRAD_POW_BASE: ZIP3(float, z == 0.0f ? 0.0f : x * z * powf(y, z - 1.0f)); break;
-    case GRAD_POW_EXP: ZIP3(float, y == 0.0f && z >= 0.0f ? 0.0f : x * powf(y, z) * logf(y)); break;
+    case SERE_EWOP_GRAD_DIV_B: ZIP3(float, -x * y / (z * z)); break;
+    case SERE_EWOP_GRAD_POW_BASE: ZIP3(float, z == 0.0f ? 0.0f : x * z * powf(y, z - 1.0f)); break;
+    case SERE_EWOP_GRAD_POW_EXP: ZIP3(float, y == 0.0f && z >= 0.0f ? 0.0f : x * powf(y, z) * logf(y)); break;
     /* ties split the gradient half and half, like PyTorch */
-    case GRAD_MAX: ZIP3(float, y > z ? x : y == z ? 0.5f * x : 0.0f); break;
-    case GRAD_MIN: ZIP3(float, y < z ? x : y == z ? 0.5f * x : 0.0f); break;
+    case SERE_EWOP_GRAD_MAX: ZIP3(float, y > z ? x : y == z ? 0.5f * x : 0.0f); break;
+    case SERE_EWOP_GRAD_MIN: ZIP3(float, y < z ? x : y == z ? 0.5f * x : 0.0f); break;
   }
 }
 
@@ -327,9 +322,40 @@ static void ew_range(const sere_ew_plan *p, const ew_iter *it, int64_t start, in
   }
 }
 
-void sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in) {
+#ifdef SERE_WITH_CUDA
+/* The iteration as one GPU launch. Inputs on the CPU are 0-dim scalars
+ * (sere_ew_check_devices lets no other CPU tensor in): their value goes
+ * with the launch, converted to the compute dtype as load_block does. */
+static int ew_run_cuda(const sere_ew_plan *p, const ew_iter *it, sere_tensor *const *in) {
+  sere_ew_launch l = {.kind = p->kind, .op = p->op, .nin = p->nin, .f0 = p->f0, .f1 = p->f1, .i0 = p->i0,
+                      .i1 = p->i1, .ndim = it->ndim};
+  memcpy(l.shape, it->shape, sizeof l.shape);
+  for (int k = 0; k <= p->nin; k++) {
+    memcpy(l.stride[k], it->stride[k], sizeof l.stride[k]);
+    l.ct[k] = p->ct[k];
+    l.dtype[k] = it->dtype[k];
+    l.base[k] = it->base[k];
+    if (k == 0 || sere_device_of(in[k - 1]) == SERE_CUDA) continue;
+    union {
+      float f;
+      int64_t i;
+      uint8_t u;
+    } v;
+    load_block(&v, p->ct[k], it->base[k], it->dtype[k], 0, 1);
+    l.base[k] = NULL;
+    l.scalar_f[k] = p->ct[k] == SERE_F32 ? v.f : 0.0f;
+    l.scalar_i[k] = p->ct[k] == SERE_I64 ? v.i : p->ct[k] == SERE_BOOL ? v.u : 0;
+  }
+  return sere_cuda_ew_run(&l);
+}
+#endif
+
+int sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in) {
   int64_t total = sere_numel(out);
-  if (total == 0) return;
+  if (total == 0) return 0;
+  /* the public entries checked already, naming the op; this keeps device
+   * memory from ever being dereferenced on the host */
+  if (sere_ew_check_devices("element-wise op", out, p->nin, in)) return -1;
   int nops = p->nin + 1, nd = out->ndim;
   int64_t st[SERE_EW_MAXOPS][SERE_MAX_DIMS];
   ew_iter it;
@@ -364,6 +390,9 @@ void sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in
     it.shape[0] = 1;
     for (int k = 0; k < nops; k++) it.stride[k][0] = 1;
   }
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(out) == SERE_CUDA) return ew_run_cuda(p, &it, in);
+#endif
   int64_t nchunks = total > SERE_EW_PAR_MIN ? (total + CHUNK - 1) / CHUNK : 1;
   int64_t chunk = nchunks > 1 ? CHUNK : total;
 #pragma omp parallel for schedule(static) if (nchunks > 1)
@@ -371,21 +400,47 @@ void sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in
     int64_t end = (c + 1) * chunk;
     ew_range(p, &it, c * chunk, end < total ? end : total);
   }
+  return 0;
 }
 
 sere_tensor *sere_ew_new(const sere_ew_plan *p, sere_dtype dt, int ndim, const int64_t *shape,
                          sere_tensor *const *in) {
-  sere_tensor *out = sere_tensor_new_uninit(dt, ndim, shape); /* the run writes every element */
-  if (out) sere_ew_run(p, out, in);
+  sere_device_type dev = SERE_CPU;
+  for (int k = 0; k < p->nin; k++)
+    if (sere_device_of(in[k]) == SERE_CUDA) dev = SERE_CUDA;
+  sere_tensor *out = sere_tensor_new_uninit_on(dev, dt, ndim, shape); /* the run writes every element */
+  if (out && sere_ew_run(p, out, in)) {
+    sere_tensor_release(out);
+    return NULL;
+  }
   return out;
+}
+
+int sere_ew_check_devices(const char *op, const sere_tensor *dst, int n, sere_tensor *const *in) {
+  sere_device_type dev = dst ? sere_device_of(dst) : SERE_CPU;
+  for (int k = 0; k < n && !dst; k++)
+    if (sere_device_of(in[k]) == SERE_CUDA) dev = SERE_CUDA;
+  for (int k = 0; k < n; k++) {
+    sere_device_type d = sere_device_of(in[k]);
+    int scalar = d == SERE_CPU && in[k]->ndim == 0 && !sere_tensor_requires_grad(in[k]);
+    if (d == dev || (dev == SERE_CUDA && scalar)) continue;
+    sere_fail("%s: expected all tensors on one device, got %s and %s (move them with :to(); only a 0-dim cpu "
+              "tensor that does not require grad may join cuda tensors, as a scalar)", op, sere_device_name(dev),
+              sere_device_name(d));
+    return -1;
+  }
+  return 0;
 }
 
 /* ew_new over the broadcast shape of a and b. */
 static sere_tensor *ew_new2(const char *op, const sere_ew_plan *p, sere_dtype dt, sere_tensor *a, sere_tensor *b) {
   int nd;
   int64_t shape[SERE_MAX_DIMS];
-  if (sere_broadcast_shapes(op, a->ndim, a->shape, b->ndim, b->shape, &nd, shape)) return NULL;
-  return sere_ew_new(p, dt, nd, shape, (sere_tensor *[]){a, b});
+  sere_tensor *in[2] = {a, b};
+  if (sere_ew_check_devices(op, NULL, 2, in) ||
+      sere_broadcast_shapes(op, a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
+    return NULL;
+  return sere_ew_new(p, dt, nd, shape, in);
 }
 
 /* ---- autograd helpers ------------------------------------------------ */
@@ -425,12 +480,13 @@ static const char *const binary_names[] = {"add", "sub", "mul", "div", "pow", "m
 
 static sere_ew_plan binary_plan(int op, sere_dtype rt) {
   sere_dtype ct = sere_ew_compute_dtype(rt);
-  return (sere_ew_plan){.fn = ct == SERE_F32 ? k_binary_f32 : k_binary_i64, .op = op, .nin = 2, .bcast_ok = 1,
-                        .ct = {ct, ct, ct}};
+  return (sere_ew_plan){.fn = ct == SERE_F32 ? k_binary_f32 : k_binary_i64, .kind = SERE_EWK_BINARY, .op = op,
+                        .nin = 2, .bcast_ok = 1, .ct = {ct, ct, ct}};
 }
 
 static sere_ew_plan grad_plan(int op) {
-  return (sere_ew_plan){.fn = k_binary_grad, .op = op, .nin = 3, .ct = {SERE_F32, SERE_F32, SERE_F32, SERE_F32}};
+  return (sere_ew_plan){.fn = k_binary_grad, .kind = SERE_EWK_BINARY_GRAD, .op = op, .nin = 3,
+                        .ct = {SERE_F32, SERE_F32, SERE_F32, SERE_F32}};
 }
 
 /* add passes g through (negated for sub's b); the others run a kernel over
@@ -453,11 +509,11 @@ static int binary_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
         p = binary_plan(op, SERE_F32);
         in[1] = i ? a : b;
       } else if (op == SERE_DIV) {
-        p = grad_plan(GRAD_DIV_B);
+        p = grad_plan(SERE_EWOP_GRAD_DIV_B);
       } else if (op == SERE_POW) {
-        p = grad_plan(i ? GRAD_POW_EXP : GRAD_POW_BASE);
+        p = grad_plan(i ? SERE_EWOP_GRAD_POW_EXP : SERE_EWOP_GRAD_POW_BASE);
       } else { /* maximum, minimum: b's gradient is a's with the operands swapped */
-        p = grad_plan(op == SERE_MAXIMUM ? GRAD_MAX : GRAD_MIN);
+        p = grad_plan(op == SERE_MAXIMUM ? SERE_EWOP_GRAD_MAX : SERE_EWOP_GRAD_MIN);
         in[1] = i ? b : a;
         in[2] = i ? a : b;
       }
@@ -518,7 +574,8 @@ static const char *const compare_names[] = {"eq", "ne", "lt", "le", "gt", "ge"};
 
 static sere_tensor *compare_impl(sere_compare_op op, sere_tensor *a, sere_tensor *b, sere_dtype rt) {
   sere_dtype ct = sere_ew_compute_dtype(rt);
-  sere_ew_plan p = {.fn = k_compare, .op = op, .nin = 2, .bcast_ok = 1, .ct = {SERE_BOOL, ct, ct}};
+  sere_ew_plan p = {.fn = k_compare, .kind = SERE_EWK_COMPARE, .op = op, .nin = 2, .bcast_ok = 1,
+                    .ct = {SERE_BOOL, ct, ct}};
   return ew_new2(compare_names[op], &p, SERE_BOOL, a, b);
 }
 
@@ -540,14 +597,15 @@ sere_tensor *sere_compare_scalar(sere_compare_op op, sere_tensor *a, double s) {
 sere_tensor *sere_logical(int op, sere_tensor *a, sere_tensor *b) {
   static const char *const names[] = {"logical_and", "logical_or", "logical_xor"};
   if (sere_ew_check_op("logical", op, 2)) return NULL;
-  sere_ew_plan p = {.fn = k_logical, .op = op, .nin = 2, .bcast_ok = 1, .ct = {SERE_BOOL, SERE_BOOL, SERE_BOOL}};
+  sere_ew_plan p = {.fn = k_logical, .kind = SERE_EWK_LOGICAL, .op = op, .nin = 2, .bcast_ok = 1,
+                    .ct = {SERE_BOOL, SERE_BOOL, SERE_BOOL}};
   return ew_new2(names[op], &p, SERE_BOOL, a, b);
 }
 
 /* ---- where and masked_fill ------------------------------------------- */
 static sere_ew_plan where_plan(sere_dtype rt) {
   sere_dtype ct = sere_ew_compute_dtype(rt);
-  return (sere_ew_plan){.fn = k_where, .op = 0, .nin = 3, .ct = {ct, SERE_BOOL, ct, ct}};
+  return (sere_ew_plan){.fn = k_where, .kind = SERE_EWK_WHERE, .op = 0, .nin = 3, .ct = {ct, SERE_BOOL, ct, ct}};
 }
 
 static int check_mask(const char *op, const sere_tensor *m, const char *what) {
@@ -593,13 +651,13 @@ static int where_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
 sere_tensor *sere_where(sere_tensor *cond, sere_tensor *a, sere_tensor *b) {
   int nab, nd;
   int64_t ab[SERE_MAX_DIMS], shape[SERE_MAX_DIMS];
-  if (check_mask("where", cond, "condition") ||
+  sere_tensor *in[3] = {cond, a, b};
+  if (check_mask("where", cond, "condition") || sere_ew_check_devices("where", NULL, 3, in) ||
       sere_broadcast_shapes("where", a->ndim, a->shape, b->ndim, b->shape, &nab, ab) ||
       sere_broadcast_shapes("where", cond->ndim, cond->shape, nab, ab, &nd, shape))
     return NULL;
   sere_dtype rt = result_type(a, b);
   sere_ew_plan p = where_plan(rt);
-  sere_tensor *in[3] = {cond, a, b};
   sere_tensor *out = sere_ew_new(&p, rt, nd, shape, in);
   if (!out || !sere_ew_wants_grad(out, 3, in)) return out;
   sere_node *n = sere_ew_attach(out, "where", where_backward, 0, 3, in);
@@ -611,7 +669,10 @@ sere_tensor *sere_where(sere_tensor *cond, sere_tensor *a, sere_tensor *b) {
 }
 
 sere_tensor *sere_masked_fill(sere_tensor *a, sere_tensor *mask, double v) {
-  if (check_mask("masked_fill", mask, "mask") || check_broadcasts_to("masked_fill", mask, a)) return NULL;
+  if (check_mask("masked_fill", mask, "mask") ||
+      sere_ew_check_devices("masked_fill", NULL, 2, (sere_tensor *[]){a, mask}) ||
+      check_broadcasts_to("masked_fill", mask, a))
+    return NULL;
   sere_tensor *val = scalar_tensor("masked_fill", sere_ew_compute_dtype(a->dtype), v);
   if (!val) return NULL;
   sere_ew_plan p = where_plan(a->dtype);
@@ -645,11 +706,12 @@ int sere_ew_inplace_check(const char *op, sere_tensor *a, sere_dtype rt, int aut
   return 0;
 }
 
-/* Operand b of an in-place op on a: it must broadcast to a's shape, and it
- * is copied when it shares memory with a in another layout (the op would
- * otherwise read elements it has already overwritten). New reference. */
+/* Operand b of an in-place op on a: it must be on a's device (or a scalar)
+ * and broadcast to a's shape, and it is copied when it shares memory with a
+ * in another layout (the op would otherwise read elements it has already
+ * overwritten). New reference. */
 static sere_tensor *inplace_operand(const char *op, sere_tensor *a, sere_tensor *b, int autograd) {
-  if (check_broadcasts_to(op, b, a)) return NULL;
+  if (sere_ew_check_devices(op, a, 1, &b) || check_broadcasts_to(op, b, a)) return NULL;
   if (autograd && sere_grad_enabled() && sere_tensor_requires_grad(b))
     return sere_fail("%s: the operand requires grad, and in-place ops record no gradient; use the "
                      "out-of-place op, or do it inside sere.no_grad(fn)", op);
@@ -657,7 +719,7 @@ static sere_tensor *inplace_operand(const char *op, sere_tensor *a, sere_tensor 
   if (b->storage != a->storage || (b->offset == a->offset && b->ndim == a->ndim &&
                                    !memcmp(b->shape, a->shape, dims) && !memcmp(b->stride, a->stride, dims)))
     return sere_tensor_retain(b);
-  sere_tensor *c = sere_tensor_new_uninit(b->dtype, b->ndim, b->shape);
+  sere_tensor *c = sere_tensor_new_uninit_like(b, b->dtype);
   if (c && sere_copy_raw(c, b)) {
     sere_tensor_release(c);
     return NULL;
@@ -671,10 +733,10 @@ static int binary_into(const char *op, const sere_ew_plan *p, sere_dtype rt, ser
   if (sere_ew_inplace_check(op, a, rt, autograd)) return -1;
   sere_tensor *bb = inplace_operand(op, a, b, autograd);
   if (!bb) return -1;
-  sere_ew_run(p, a, (sere_tensor *[]){a, bb});
+  int rc = sere_ew_run(p, a, (sere_tensor *[]){a, bb});
   sere_tensor_release(bb);
   sere_bump_version(a);
-  return 0;
+  return rc;
 }
 
 int sere_binary_(sere_binary_op op, sere_tensor *a, sere_tensor *b) {
@@ -707,14 +769,15 @@ int sere_masked_fill_(sere_tensor *a, sere_tensor *mask, double v) {
   if (check_mask("masked_fill_", mask, "mask") || sere_ew_inplace_check("masked_fill_", a, a->dtype, 1)) return -1;
   sere_tensor *m = inplace_operand("masked_fill_", a, mask, 1);
   sere_tensor *val = m ? scalar_tensor("masked_fill_", sere_ew_compute_dtype(a->dtype), v) : NULL;
+  int rc = -1;
   if (val) {
     sere_ew_plan p = where_plan(a->dtype);
-    sere_ew_run(&p, a, (sere_tensor *[]){m, val, a});
+    rc = sere_ew_run(&p, a, (sere_tensor *[]){m, val, a});
     sere_bump_version(a);
   }
   sere_tensor_release(m);
   sere_tensor_release(val);
-  return val ? 0 : -1;
+  return rc;
 }
 
 int sere_fill_(sere_tensor *a, double v) {
@@ -723,15 +786,15 @@ int sere_fill_(sere_tensor *a, double v) {
     sere_fail("fill_: %g does not fit a %s tensor", v, sere_dtype_name(a->dtype));
     return -1;
   }
-  sere_fill_raw(a, v);
+  int rc = sere_fill_raw(a, v);
   sere_bump_version(a);
-  return 0;
+  return rc;
 }
 
 int sere_axpy_(sere_tensor *y, double alpha, sere_tensor *x) {
   sere_dtype rt = sere_promote(y->dtype, x->dtype);
   if (!sere_dtype_is_float(rt) && !sere_ew_is_integral(alpha)) rt = SERE_F32;
-  sere_ew_plan p = binary_plan(OP_AXPY, rt);
+  sere_ew_plan p = binary_plan(SERE_EWOP_AXPY, rt);
   p.f0 = (float)alpha;
   if (p.ct[0] == SERE_I64) p.i0 = (int64_t)alpha;
   return binary_into("axpy_", &p, rt, y, x, 0);

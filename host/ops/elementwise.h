@@ -6,9 +6,9 @@
 #ifndef SERE_ELEMENTWISE_H
 #define SERE_ELEMENTWISE_H
 
+#include "../../kernels/elementwise.h" /* kernel kinds and op codes, shared with the GPU */
 #include "ops.h"
 
-#define SERE_EW_MAXOPS 4        /* the output and up to three inputs */
 #define SERE_EW_PAR_MIN 32768   /* elements below which an op runs on one thread */
 #define SERE_EW_SHAPE_BUF 160
 
@@ -18,7 +18,8 @@ typedef struct sere_ew_plan sere_ew_plan;
 typedef void (*sere_ew_kernel)(const sere_ew_plan *p, void *out, void *const *in, const int64_t *st, int64_t n);
 struct sere_ew_plan {
   sere_ew_kernel fn;
-  int op, nin;   /* op code understood by fn; number of inputs (1..3) */
+  sere_ew_kind kind; /* the same computation for the GPU (kernels/elementwise.h) */
+  int op, nin;   /* op code understood by fn and kind; number of inputs (1..3) */
   int bcast_ok;  /* fn takes inputs of stride 0 */
   /* compute dtype (f32, i64 or bool) of the output, then of each input:
    * the driver converts operands of other dtypes through buffers */
@@ -27,11 +28,18 @@ struct sere_ew_plan {
   int64_t i0, i1; /* the same for integer kernels */
 };
 
-/* out = plan(in...), every input broadcast to out's shape (checked by the caller). */
-void sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in);
-/* The same into a new contiguous tensor of dtype dt and the given shape. */
+/* out = plan(in...), every input broadcast to out's shape (checked by the
+ * caller), on out's device (sere_ew_check_devices). 0, or -1 after sere_fail. */
+int sere_ew_run(const sere_ew_plan *p, sere_tensor *out, sere_tensor *const *in);
+/* The same into a new contiguous tensor of dtype dt and the given shape, on
+ * the GPU when an input is there. */
 sere_tensor *sere_ew_new(const sere_ew_plan *p, sere_dtype dt, int ndim, const int64_t *shape,
                          sere_tensor *const *in);
+
+/* The device rule of the family: everything on one device, except that a
+ * 0-dim CPU tensor that does not require grad (a scalar) joins a GPU op.
+ * dst is the tensor written in place, or NULL. -1 with an error naming op. */
+int sere_ew_check_devices(const char *op, const sere_tensor *dst, int n, sere_tensor *const *in);
 
 /* f32 for float result dtypes, i64 for the others. */
 sere_dtype sere_ew_compute_dtype(sere_dtype rt);

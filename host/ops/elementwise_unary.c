@@ -6,6 +6,7 @@
  * clamp with whole bounds) compute exactly in i64; the others turn integer
  * tensors into f32. A gradient that needs the op's output (exp, tanh,
  * sigmoid, ...) saves a detached view of it (sere_node_save_output).
+ * On the GPU every op here is one launch of kernels/elementwise.cu.
  *
  * exp, log, tanh, sigmoid, sin, cos and erf use the vectorisable functions
  * of vecmath.h (accuracies stated there), and the f32 kernels are compiled
@@ -16,8 +17,6 @@
 
 #include "elementwise.h"
 #include "vecmath.h"
-
-#define OP_CLAMP 100 /* kernel op code: clamp to [f0, f1] (integers: [i0, i1]) */
 
 static const char *const unary_names[] = {
     "neg",     "exp",        "log",    "sqrt",  "rsqrt", "abs",   "sign",  "sin",   "cos",   "tanh",
@@ -34,7 +33,7 @@ static const unsigned char grad_kind[] = {
     [SERE_ROUND] = GRAD_ZERO,     [SERE_LOG1P] = GRAD_INPUT,    [SERE_EXPM1] = GRAD_OUTPUT,
     [SERE_ERF] = GRAD_INPUT,      [SERE_LOGICAL_NOT] = GRAD_NONE};
 
-static int kind_of(int op) { return op == OP_CLAMP ? GRAD_INPUT : grad_kind[op]; }
+static int kind_of(int op) { return op == SERE_EWOP_CLAMP ? GRAD_INPUT : grad_kind[op]; }
 
 /* ---- kernels (every input has stride 1) ------------------------------- */
 #define MAP1(T, expr)                                                                        \
@@ -83,7 +82,7 @@ SERE_WIDE_SIMD static void k_unary_f32(const sere_ew_plan *p, void *out, void *c
     case SERE_LOG1P: MAP1(float, log1pf(x)); break;
     case SERE_EXPM1: MAP1(float, expm1f(x)); break;
     case SERE_ERF: MAP1(float, sere_erf_core(x)); break;
-    case OP_CLAMP: MAP1(float, clampf(x, lo, hi)); break;
+    case SERE_EWOP_CLAMP: MAP1(float, clampf(x, lo, hi)); break;
   }
 }
 
@@ -96,7 +95,7 @@ static void k_unary_i64(const sere_ew_plan *p, void *out, void *const *in, const
     case SERE_ABS: MAP1(int64_t, x < 0 ? (int64_t)(0 - (uint64_t)x) : x); break;
     case SERE_SIGN: MAP1(int64_t, (x > 0) - (x < 0)); break;
     case SERE_SQUARE: MAP1(int64_t, (int64_t)((uint64_t)x * (uint64_t)x)); break;
-    case OP_CLAMP: MAP1(int64_t, clampi(x, lo, hi)); break;
+    case SERE_EWOP_CLAMP: MAP1(int64_t, clampi(x, lo, hi)); break;
     default: MAP1(int64_t, x); break; /* floor, ceil, round of an integer */
   }
 }
@@ -130,7 +129,7 @@ SERE_WIDE_SIMD static void k_unary_grad(const sere_ew_plan *p, void *out, void *
     case SERE_LOG1P: ZIP2(float, x / (1.0f + y)); break;
     case SERE_EXPM1: ZIP2(float, x * (y + 1.0f)); break;
     case SERE_ERF: ZIP2(float, 1.12837917f * x * sere_exp_core(-y * y)); break; /* 2 / sqrt(pi) */
-    case OP_CLAMP: ZIP2(float, y >= lo && y <= hi ? x : 0.0f); break;
+    case SERE_EWOP_CLAMP: ZIP2(float, y >= lo && y <= hi ? x : 0.0f); break;
   }
 }
 
@@ -144,9 +143,11 @@ static sere_dtype unary_result_type(int op, sere_dtype d) {
 
 static sere_ew_plan unary_plan(int op, sere_dtype rt) {
   if (op == SERE_LOGICAL_NOT)
-    return (sere_ew_plan){.fn = k_logical_not, .op = op, .nin = 1, .ct = {SERE_BOOL, SERE_BOOL}};
+    return (sere_ew_plan){.fn = k_logical_not, .kind = SERE_EWK_LOGICAL_NOT, .op = op, .nin = 1,
+                          .ct = {SERE_BOOL, SERE_BOOL}};
   sere_dtype ct = sere_ew_compute_dtype(rt);
-  return (sere_ew_plan){.fn = ct == SERE_F32 ? k_unary_f32 : k_unary_i64, .op = op, .nin = 1, .ct = {ct, ct}};
+  return (sere_ew_plan){.fn = ct == SERE_F32 ? k_unary_f32 : k_unary_i64, .kind = SERE_EWK_UNARY, .op = op,
+                        .nin = 1, .ct = {ct, ct}};
 }
 
 static int check_unary(sere_unary_op op, const sere_tensor *a) {
@@ -163,14 +164,15 @@ static int unary_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   int op = (int)n->ints[0], kind = kind_of(op);
   const sere_edge *e = &n->edges[0];
   if (kind == GRAD_ZERO) {
-    gi[0] = sere_tensor_new(e->dtype, e->ndim, e->shape);
+    gi[0] = sere_tensor_new_on(sere_device_of(g), e->dtype, e->ndim, e->shape);
   } else if (kind == GRAD_NEG) {
     sere_ew_plan p = unary_plan(SERE_NEG, SERE_F32);
     gi[0] = sere_ew_input_grad(n, 0, &p, g, &g);
   } else {
     sere_tensor *saved = sere_node_saved(n, 0);
     if (!saved) return -1;
-    sere_ew_plan p = {.fn = k_unary_grad, .op = op, .nin = 2, .ct = {SERE_F32, SERE_F32, SERE_F32},
+    sere_ew_plan p = {.fn = k_unary_grad, .kind = SERE_EWK_UNARY_GRAD, .op = op, .nin = 2,
+                      .ct = {SERE_F32, SERE_F32, SERE_F32},
                       .f0 = (float)n->scalars[0], .f1 = (float)n->scalars[1]};
     gi[0] = sere_ew_input_grad(n, 0, &p, g, (sere_tensor *[]){g, saved});
   }
@@ -207,9 +209,9 @@ int sere_unary_(sere_unary_op op, sere_tensor *a) {
   sere_dtype rt = unary_result_type(op, a->dtype);
   if (sere_ew_inplace_check(name, a, rt, 1)) return -1;
   sere_ew_plan p = unary_plan(op, rt);
-  sere_ew_run(&p, a, &a);
+  int rc = sere_ew_run(&p, a, &a);
   sere_bump_version(a);
-  return 0;
+  return rc;
 }
 
 /* ---- clamp ------------------------------------------------------------ */
@@ -223,7 +225,7 @@ static int clamp_setup(const char *name, const sere_tensor *a, double lo, double
   }
   int whole = (isnan(lo) || sere_ew_is_integral(lo)) && (isnan(hi) || sere_ew_is_integral(hi));
   *rt = sere_dtype_is_float(a->dtype) || whole ? a->dtype : SERE_F32;
-  *p = unary_plan(OP_CLAMP, *rt);
+  *p = unary_plan(SERE_EWOP_CLAMP, *rt);
   p->f0 = isnan(lo) ? -INFINITY : (float)lo;
   p->f1 = isnan(hi) ? INFINITY : (float)hi;
   if (p->ct[0] == SERE_I64) {
@@ -237,14 +239,14 @@ sere_tensor *sere_clamp(sere_tensor *a, double lo, double hi) {
   sere_dtype rt;
   sere_ew_plan p;
   if (clamp_setup("clamp", a, lo, hi, &rt, &p)) return NULL;
-  return record(sere_ew_new(&p, rt, a->ndim, a->shape, &a), a, OP_CLAMP, "clamp", p.f0, p.f1);
+  return record(sere_ew_new(&p, rt, a->ndim, a->shape, &a), a, SERE_EWOP_CLAMP, "clamp", p.f0, p.f1);
 }
 
 int sere_clamp_(sere_tensor *a, double lo, double hi) {
   sere_dtype rt;
   sere_ew_plan p;
   if (clamp_setup("clamp_", a, lo, hi, &rt, &p) || sere_ew_inplace_check("clamp_", a, rt, 1)) return -1;
-  sere_ew_run(&p, a, &a);
+  int rc = sere_ew_run(&p, a, &a);
   sere_bump_version(a);
-  return 0;
+  return rc;
 }

@@ -21,6 +21,8 @@
  * except that the grid gradient sums over all channels of an image, and
  * then a task is one whole image. Tasks are cut from the shape alone, so
  * results do not depend on the thread count.
+ *
+ * Tensors on the GPU run kernels/grid_sample.cu instead (same semantics).
  */
 #include <math.h>
 #include <omp.h>
@@ -28,6 +30,9 @@
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/grid_sample.h"
+#endif
 
 #define SHAPE_BUF 160
 #define PARALLEL_MIN 32768
@@ -176,6 +181,13 @@ static int grid_sample_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   int need_in = sere_edge_needed(n, 0), need_grid = sere_edge_needed(n, 1);
   sere_tensor *grid = sere_node_saved(n, 1), *input = need_grid ? sere_node_saved(n, 0) : NULL;
   if (!grid || (need_grid && !input)) return -1;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(grid) == SERE_CUDA) {
+    if (need_in && !(gi[0] = sere_tensor_new_uninit_on(SERE_CUDA, ei->dtype, 4, ei->shape))) return -1;
+    if (need_grid && !(gi[1] = sere_tensor_new_uninit_on(SERE_CUDA, eg->dtype, 4, eg->shape))) return -1;
+    return sere_cuda_grid_sample_backward(g, grid, input, gi[0], gi[1]);
+  }
+#endif
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32), *gridf = sere_as_contiguous_dtype(grid, SERE_F32);
   sere_tensor *inf = input ? sere_as_contiguous_dtype(input, SERE_F32) : NULL;
   sere_tensor *gin = need_in ? sere_tensor_new_uninit(SERE_F32, 4, ei->shape) : NULL;
@@ -198,19 +210,19 @@ static int grid_sample_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   return rc;
 }
 
-sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid) {
-  char a[SHAPE_BUF], b[SHAPE_BUF];
-  if (input->ndim != 4 || !sere_dtype_is_float(input->dtype))
-    return sere_fail("grid_sample: input must be a float [B, C, H, W] tensor, got %s of shape %s",
-                     sere_dtype_name(input->dtype), sere_shape_str(input, a, sizeof a));
-  if (grid->ndim != 4 || grid->shape[3] != 2 || grid->shape[0] != input->shape[0] ||
-      !sere_dtype_is_float(grid->dtype))
-    return sere_fail("grid_sample: grid must be a float [%lld, Ho, Wo, 2] tensor for input of shape %s, got %s of "
-                     "shape %s", (long long)input->shape[0], sere_shape_str(input, a, sizeof a),
-                     sere_dtype_name(grid->dtype), sere_shape_str(grid, b, sizeof b));
-  if (input->shape[2] == 0 || input->shape[3] == 0)
-    return sere_fail("grid_sample: input of shape %s has an empty map", sere_shape_str(input, a, sizeof a));
+/* The forward on `dev`: [B, C, Ho, Wo] in the input's dtype. */
+static sere_tensor *sample(sere_tensor *input, sere_tensor *grid, sere_device_type dev) {
   int64_t shape[4] = {input->shape[0], input->shape[1], grid->shape[1], grid->shape[2]};
+#ifdef SERE_WITH_CUDA
+  if (dev == SERE_CUDA) {
+    sere_tensor *y = sere_tensor_new_uninit_on(SERE_CUDA, input->dtype, 4, shape);
+    if (y && sere_cuda_grid_sample(input, grid, y)) {
+      sere_tensor_release(y);
+      return NULL;
+    }
+    return y;
+  }
+#endif
   sere_tensor *inf = sere_as_contiguous_dtype(input, SERE_F32);
   sere_tensor *gridf = inf ? sere_as_contiguous_dtype(grid, SERE_F32) : NULL;
   sere_tensor *y = gridf ? sere_tensor_new_uninit(SERE_F32, 4, shape) : NULL;
@@ -223,7 +235,25 @@ sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid) {
   sere_tensor_release(inf);
   sere_tensor_release(gridf);
   sere_tensor_release(y);
+  return out;
+}
+
+sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid) {
+  char a[SHAPE_BUF], b[SHAPE_BUF];
+  if (input->ndim != 4 || !sere_dtype_is_float(input->dtype))
+    return sere_fail("grid_sample: input must be a float [B, C, H, W] tensor, got %s of shape %s",
+                     sere_dtype_name(input->dtype), sere_shape_str(input, a, sizeof a));
+  if (grid->ndim != 4 || grid->shape[3] != 2 || grid->shape[0] != input->shape[0] ||
+      !sere_dtype_is_float(grid->dtype))
+    return sere_fail("grid_sample: grid must be a float [%lld, Ho, Wo, 2] tensor for input of shape %s, got %s of "
+                     "shape %s", (long long)input->shape[0], sere_shape_str(input, a, sizeof a),
+                     sere_dtype_name(grid->dtype), sere_shape_str(grid, b, sizeof b));
+  if (input->shape[2] == 0 || input->shape[3] == 0)
+    return sere_fail("grid_sample: input of shape %s has an empty map", sere_shape_str(input, a, sizeof a));
   sere_tensor *in2[2] = {input, grid};
+  sere_device_type dev;
+  if (sere_common_device("grid_sample", &dev, 2, in2)) return NULL;
+  sere_tensor *out = sample(input, grid, dev);
   if (!out || !sere_needs_grad(2, in2)) return out;
   sere_node *n = sere_node_new("grid_sample", grid_sample_backward, 2, in2);
   if (!n || (sere_edge_needed(n, 1) && sere_node_save(n, 0, input)) || sere_node_save(n, 1, grid)) {

@@ -7,11 +7,20 @@
  * bounds-checked before the output is allocated; the array is kept in the
  * autograd node (n->extra) for the backward pass. cat copies whole
  * contiguous blocks with memcpy; index_select copies whole rows.
+ *
+ * On the GPU (kernels/index.cu) the indices are read and checked by a
+ * kernel into a contiguous i64 device tensor, saved in the node's slot 0;
+ * an out-of-range index is reported after the kernel, with the CPU's
+ * message. Scatter-adds there use atomics (float sums at repeated indices
+ * in an unspecified order).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/index.h"
+#endif
 
 #define SHAPE_BUF 160
 
@@ -31,14 +40,49 @@ static int64_t inner_size(const sere_tensor *t, int dim) {
   return n;
 }
 
-/* Reads an i64/i32 index tensor into a new array of 0-based indices (row
- * major), checking each against [0, size) of dim `dim`. */
-static int64_t *read_indices(const char *op, const sere_tensor *index, int64_t base, int64_t size, int dim) {
-  if (index->dtype != SERE_I64 && index->dtype != SERE_I32)
-    return sere_fail("%s: index must be an i64 or i32 tensor, got %s", op, sere_dtype_name(index->dtype));
+static void index_range_error(const char *op, int64_t v, int64_t base, int64_t size, int dim) {
+  if (size == 0) sere_fail("%s: index %lld is out of range: dim %d has size 0", op, (long long)v, dim + 1);
+  else sere_fail("%s: index %lld is out of range for dim %d of size %lld (valid: %lld to %lld)", op, (long long)v,
+                 dim + 1, (long long)size, (long long)base, (long long)(base + size - 1));
+}
+
+/* 0-based indices read from an index tensor: a host array for a CPU index,
+ * a contiguous i64 tensor for a GPU one. */
+typedef struct {
+  int64_t *host;
+  sere_tensor *device;
+} indices;
+
+/* Reads an i64/i32 index tensor into 0-based indices (row major), checking
+ * each against [0, size) of dim `dim`. */
+static int read_indices(indices *ix, const char *op, const sere_tensor *index, int64_t base, int64_t size, int dim) {
+  ix->host = NULL;
+  ix->device = NULL;
+  if (index->dtype != SERE_I64 && index->dtype != SERE_I32) {
+    sere_fail("%s: index must be an i64 or i32 tensor, got %s", op, sere_dtype_name(index->dtype));
+    return -1;
+  }
   int64_t n = sere_numel(index), pos[SERE_MAX_DIMS] = {0};
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(index) == SERE_CUDA) {
+    int64_t bad;
+    sere_tensor *idx = sere_tensor_new_uninit_on(SERE_CUDA, SERE_I64, 1, &n);
+    int rc = idx ? sere_cuda_read_indices(index, base, size, idx, &bad) : -1;
+    if (rc == 0) { ix->device = idx; return 0; }
+    sere_tensor_release(idx);
+    if (rc == 1) { /* fetch the offending value for the message */
+      for (int d = index->ndim - 1; d >= 0; d--) {
+        pos[d] = bad % index->shape[d];
+        bad /= index->shape[d];
+      }
+      int64_t v = (int64_t)sere_get_elem(index, pos);
+      index_range_error(op, v, base, size, dim);
+    }
+    return -1;
+  }
+#endif
   int64_t *idx = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
-  if (!idx) return sere_fail("%s: out of memory reading %lld indices", op, (long long)n);
+  if (!idx) { sere_fail("%s: out of memory reading %lld indices", op, (long long)n); return -1; }
   for (int64_t i = 0; i < n; i++) {
     int64_t off = index->offset;
     for (int d = 0; d < index->ndim; d++) off += pos[d] * index->stride[d];
@@ -46,14 +90,35 @@ static int64_t *read_indices(const char *op, const sere_tensor *index, int64_t b
                                           : ((const int32_t *)index->storage->data)[off];
     if (v < base || v - base >= size) {
       free(idx);
-      if (size == 0) return sere_fail("%s: index %lld is out of range: dim %d has size 0", op, (long long)v, dim + 1);
-      return sere_fail("%s: index %lld is out of range for dim %d of size %lld (valid: %lld to %lld)", op,
-                       (long long)v, dim + 1, (long long)size, (long long)base, (long long)(base + size - 1));
+      index_range_error(op, v, base, size, dim);
+      return -1;
     }
     idx[i] = v - base;
     sere_index_next(index->ndim, index->shape, pos);
   }
-  return idx;
+  ix->host = idx;
+  return 0;
+}
+
+static void indices_release(indices *ix) {
+  free(ix->host);
+  sere_tensor_release(ix->device);
+}
+
+/* Hands the indices over to the node for its backward: the host array as
+ * n->extra, the device tensor as saved slot 0. */
+static void indices_keep(sere_node *n, indices *ix) {
+  if (ix->device) sere_node_save(n, 0, ix->device);
+  else n->extra = ix->host;
+  ix->host = NULL;
+  indices_release(ix);
+}
+
+/* The indices a node kept, or -1 with an error. */
+static int node_indices(sere_node *n, indices *ix) {
+  ix->host = n->extra;
+  ix->device = ix->host ? NULL : sere_node_saved(n, 0);
+  return ix->host || ix->device ? 0 : -1;
 }
 
 /* ---- cat / stack ----------------------------------------------------- */
@@ -102,6 +167,9 @@ static sere_tensor *slab(const sere_tensor *out, int dim, int64_t start, int64_t
 /* Copies t into out at `start` along dim: a memcpy per block when t is
  * contiguous with out's dtype, else a strided converting copy. */
 static int cat_copy(sere_tensor *out, const sere_tensor *t, int dim, int64_t start) {
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(out) == SERE_CUDA) return sere_cuda_cat_copy(out, t, dim, start);
+#endif
   int64_t outer = 1, inner = inner_size(out, dim);
   for (int i = 0; i < dim; i++) outer *= out->shape[i];
   if (t->dtype == out->dtype && sere_is_contiguous(t)) {
@@ -129,7 +197,7 @@ static int cat_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
     int skipped = e->ndim != g->ndim;
     int64_t len = skipped ? 0 : e->shape[dim];
     if (sere_edge_needed(n, i)) {
-      gi[i] = skipped ? sere_tensor_new(e->dtype, 1, e->shape)
+      gi[i] = skipped ? sere_tensor_new_on(sere_device_of(g), e->dtype, 1, e->shape)
                       : sere_grad_as(sere_narrow(g, dim, start, len), e->dtype);
       if (!gi[i]) return -1;
     }
@@ -151,8 +219,9 @@ sere_tensor *sere_cat(int n, sere_tensor *const *ts, int dim) {
   int d, ndim;
   int64_t shape[SERE_MAX_DIMS];
   sere_dtype dtype;
-  if (cat_check(n, ts, dim, &d, &ndim, shape, &dtype)) return NULL;
-  sere_tensor *out = sere_tensor_new_uninit(dtype, ndim, shape); /* the inputs tile it */
+  sere_device_type dev;
+  if (sere_common_device("cat", &dev, n, ts) || cat_check(n, ts, dim, &d, &ndim, shape, &dtype)) return NULL;
+  sere_tensor *out = sere_tensor_new_uninit_on(dev, dtype, ndim, shape); /* the inputs tile it */
   if (!out) return NULL;
   int64_t start = 0;
   for (int i = 0; i < n; i++) {
@@ -169,7 +238,9 @@ sere_tensor *sere_cat(int n, sere_tensor *const *ts, int dim) {
 sere_tensor *sere_stack(int n, sere_tensor *const *ts, int dim) {
   char a[SHAPE_BUF], b[SHAPE_BUF];
   int d;
+  sere_device_type dev;
   if (n < 1) return sere_fail("stack: expected at least one tensor");
+  if (sere_common_device("stack", &dev, n, ts)) return NULL;
   for (int i = 1; i < n; i++)
     if (!sere_same_shape(ts[i], ts[0]))
       return sere_fail("stack: tensor %d has shape %s but tensor 1 has shape %s; all must have the same shape", i + 1,
@@ -194,22 +265,32 @@ static int index_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
   const sere_edge *e = &n->edges[0];
   int dim = (int)n->ints[0];
   int64_t nidx = n->ints[1], size = e->shape[dim], outer = 1, inner = 1;
-  const int64_t *idx = n->extra;
+  indices ix;
+  if (node_indices(n, &ix)) return -1;
+  const int64_t *idx = ix.host;
   for (int i = 0; i < dim; i++) outer *= e->shape[i];
   for (int i = dim + 1; i < e->ndim; i++) inner *= e->shape[i];
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *z = gf ? sere_tensor_new(SERE_F32, e->ndim, e->shape) : NULL;
+  sere_tensor *z = gf ? sere_tensor_new_on(sere_device_of(g), SERE_F32, e->ndim, e->shape) : NULL;
   if (!z) { sere_tensor_release(gf); return -1; }
-  const float *src = sere_data(gf);
-  float *dst = z->storage->data;
+  int rc = 0;
+  if (ix.device) {
+#ifdef SERE_WITH_CUDA
+    rc = sere_cuda_index_select_backward(z, gf, dim, ix.device);
+#endif
+  } else {
+    const float *src = sere_data(gf);
+    float *dst = z->storage->data;
 #pragma omp parallel for if (outer > 1 && outer * nidx * inner > (1 << 15))
-  for (int64_t o = 0; o < outer; o++)
-    for (int64_t j = 0; j < nidx; j++) {
-      float *row = dst + (o * size + idx[j]) * inner;
-      const float *s = src + (o * nidx + j) * inner;
-      for (int64_t q = 0; q < inner; q++) row[q] += s[q];
-    }
+    for (int64_t o = 0; o < outer; o++)
+      for (int64_t j = 0; j < nidx; j++) {
+        float *row = dst + (o * size + idx[j]) * inner;
+        const float *s = src + (o * nidx + j) * inner;
+        for (int64_t q = 0; q < inner; q++) row[q] += s[q];
+      }
+  }
   sere_tensor_release(gf);
+  if (rc) { sere_tensor_release(z); return -1; }
   gi[0] = sere_grad_as(z, e->dtype);
   return gi[0] ? 0 : -1;
 }
@@ -217,32 +298,43 @@ static int index_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
 sere_tensor *sere_index_select(sere_tensor *t, int dim, sere_tensor *index, int64_t base) {
   char a[SHAPE_BUF];
   int d;
+  sere_device_type dev;
+  indices ix;
+  if (sere_common_device("index_select", &dev, 2, (sere_tensor *[]){t, index})) return NULL;
   if (t->ndim == 0) return sere_fail("index_select: cannot index a 0-dim tensor");
   if (index->ndim > 1)
     return sere_fail("index_select: index must be 1-D, got shape %s", sere_shape_str(index, a, sizeof a));
   if (sere_wrap_dim(dim, t->ndim, "index_select", &d)) return NULL;
-  int64_t *idx = read_indices("index_select", index, base, t->shape[d], d);
-  if (!idx) return NULL;
+  if (read_indices(&ix, "index_select", index, base, t->shape[d], d)) return NULL;
   int64_t nidx = sere_numel(index), shape[SERE_MAX_DIMS], outer = 1, inner = inner_size(t, d), size = t->shape[d];
   memcpy(shape, t->shape, sizeof shape);
   shape[d] = nidx;
   for (int i = 0; i < d; i++) outer *= t->shape[i];
   sere_tensor *tc = sere_contiguous_raw(t);
-  sere_tensor *out = tc ? sere_tensor_new_uninit(t->dtype, t->ndim, shape) : NULL;
-  if (!out) { sere_tensor_release(tc); free(idx); return NULL; }
-  size_t row = (size_t)inner * sere_dtype_size(t->dtype);
-  const char *src = sere_data(tc);
-  char *dst = out->storage->data;
+  sere_tensor *out = tc ? sere_tensor_new_uninit_on(dev, t->dtype, t->ndim, shape) : NULL;
+  if (!out) { sere_tensor_release(tc); indices_release(&ix); return NULL; }
+  int rc = 0;
+  if (ix.device) {
+#ifdef SERE_WITH_CUDA
+    rc = sere_cuda_index_select(out, tc, d, ix.device);
+#endif
+  } else {
+    const int64_t *idx = ix.host;
+    size_t row = (size_t)inner * sere_dtype_size(t->dtype);
+    const char *src = sere_data(tc);
+    char *dst = out->storage->data;
 #pragma omp parallel for if (outer * nidx * inner > (1 << 16))
-  for (int64_t r = 0; r < outer * nidx; r++)
-    memcpy(dst + (size_t)r * row, src + (size_t)((r / nidx) * size + idx[r % nidx]) * row, row);
+    for (int64_t r = 0; r < outer * nidx; r++)
+      memcpy(dst + (size_t)r * row, src + (size_t)((r / nidx) * size + idx[r % nidx]) * row, row);
+  }
   sere_tensor_release(tc);
-  if (!sere_needs_grad(1, &t)) { free(idx); return out; }
+  if (rc) { indices_release(&ix); sere_tensor_release(out); return NULL; }
+  if (!sere_needs_grad(1, &t)) { indices_release(&ix); return out; }
   sere_node *n = sere_node_new("index_select", index_select_backward, 1, &t);
-  if (!n) { free(idx); sere_tensor_release(out); return NULL; }
+  if (!n) { indices_release(&ix); sere_tensor_release(out); return NULL; }
   n->ints[0] = d;
   n->ints[1] = nidx;
-  n->extra = idx;
+  indices_keep(n, &ix);
   sere_attach(out, n);
   return out;
 }
@@ -277,6 +369,18 @@ static void walk(walk_mode mode, sere_dtype d, int ndim, const int64_t *shape, i
   }
 }
 
+/* walk() over the tensors x and y (one dtype), on their device. */
+static int walk_tensors(walk_mode mode, int ndim, const int64_t *shape, int dim, const indices *ix, sere_tensor *x,
+                        sere_tensor *y) {
+#ifdef SERE_WITH_CUDA
+  if (ix->device)
+    return mode == WALK_GATHER ? sere_cuda_gather_walk(ndim, shape, dim, ix->device, x, y)
+                               : sere_cuda_scatter_add_walk(ndim, shape, dim, ix->device, x, y);
+#endif
+  walk(mode, x->dtype, ndim, shape, dim, ix->host, sere_data(x), x->stride, sere_data(y), y->stride);
+  return 0;
+}
+
 /* Checks the shapes of gather/scatter_add: same ndim, and the index no
  * larger than `t` outside dim (nor than `src`, if given, in any dim). */
 static int check_index_shape(const char *op, const sere_tensor *t, int dim, const sere_tensor *index,
@@ -303,30 +407,36 @@ static int check_index_shape(const char *op, const sere_tensor *t, int dim, cons
  * the gathered positions. */
 static int gather_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   const sere_edge *e = &n->edges[0];
+  indices ix;
+  if (node_indices(n, &ix)) return -1;
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *z = gf ? sere_tensor_new(SERE_F32, e->ndim, e->shape) : NULL;
+  sere_tensor *z = gf ? sere_tensor_new_on(sere_device_of(g), SERE_F32, e->ndim, e->shape) : NULL;
   if (!z) { sere_tensor_release(gf); return -1; }
-  walk(WALK_SCATTER_ADD, SERE_F32, gf->ndim, gf->shape, (int)n->ints[0], n->extra, sere_data(z), z->stride,
-       sere_data(gf), gf->stride);
+  int rc = walk_tensors(WALK_SCATTER_ADD, gf->ndim, gf->shape, (int)n->ints[0], &ix, z, gf);
   sere_tensor_release(gf);
+  if (rc) { sere_tensor_release(z); return -1; }
   gi[0] = sere_grad_as(z, e->dtype);
   return gi[0] ? 0 : -1;
 }
 
 sere_tensor *sere_gather(sere_tensor *t, int dim, sere_tensor *index, int64_t base) {
   int d;
+  sere_device_type dev;
+  indices ix;
+  if (sere_common_device("gather", &dev, 2, (sere_tensor *[]){t, index})) return NULL;
   if (check_index_shape("gather", t, dim, index, NULL, &d)) return NULL;
-  int64_t *idx = read_indices("gather", index, base, t->shape[d], d);
-  if (!idx) return NULL;
-  sere_tensor *out = sere_tensor_new_uninit(t->dtype, index->ndim, index->shape);
-  if (!out) { free(idx); return NULL; }
-  walk(WALK_GATHER, t->dtype, index->ndim, index->shape, d, idx, sere_data(t), t->stride, sere_data(out),
-       out->stride);
-  if (!sere_needs_grad(1, &t)) { free(idx); return out; }
+  if (read_indices(&ix, "gather", index, base, t->shape[d], d)) return NULL;
+  sere_tensor *out = sere_tensor_new_uninit_on(dev, t->dtype, index->ndim, index->shape);
+  if (!out || walk_tensors(WALK_GATHER, index->ndim, index->shape, d, &ix, t, out)) {
+    indices_release(&ix);
+    sere_tensor_release(out);
+    return NULL;
+  }
+  if (!sere_needs_grad(1, &t)) { indices_release(&ix); return out; }
   sere_node *n = sere_node_new("gather", gather_backward, 1, &t);
-  if (!n) { free(idx); sere_tensor_release(out); return NULL; }
+  if (!n) { indices_release(&ix); sere_tensor_release(out); return NULL; }
   n->ints[0] = d;
-  n->extra = idx;
+  indices_keep(n, &ix);
   sere_attach(out, n);
   return out;
 }
@@ -339,33 +449,40 @@ static int scatter_add_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   if (sere_edge_needed(n, 0) && !(gi[0] = sere_grad_as(sere_tensor_retain(g), n->edges[0].dtype))) return -1;
   if (!sere_edge_needed(n, 1)) return 0;
   const sere_edge *e = &n->edges[1];
+  indices ix;
+  if (node_indices(n, &ix)) return -1;
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *z = gf ? sere_tensor_new(SERE_F32, e->ndim, e->shape) : NULL;
+  sere_tensor *z = gf ? sere_tensor_new_on(sere_device_of(g), SERE_F32, e->ndim, e->shape) : NULL;
   if (!z) { sere_tensor_release(gf); return -1; }
-  walk(WALK_GATHER, SERE_F32, ndim, ishape, dim, n->extra, sere_data(gf), gf->stride, sere_data(z), z->stride);
+  int rc = walk_tensors(WALK_GATHER, ndim, ishape, dim, &ix, gf, z);
   sere_tensor_release(gf);
+  if (rc) { sere_tensor_release(z); return -1; }
   gi[1] = sere_grad_as(z, e->dtype);
   return gi[1] ? 0 : -1;
 }
 
 sere_tensor *sere_scatter_add(sere_tensor *t, int dim, sere_tensor *index, sere_tensor *src, int64_t base) {
   int d;
+  sere_device_type dev;
+  indices ix;
+  if (sere_common_device("scatter_add", &dev, 3, (sere_tensor *[]){t, index, src})) return NULL;
   if (src->dtype != t->dtype)
     return sere_fail("scatter_add: src has dtype %s but the tensor has dtype %s; convert one first",
                      sere_dtype_name(src->dtype), sere_dtype_name(t->dtype));
   if (check_index_shape("scatter_add", t, dim, index, src, &d)) return NULL;
-  int64_t *idx = read_indices("scatter_add", index, base, t->shape[d], d);
-  if (!idx) return NULL;
-  sere_tensor *out = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
-  if (!out || sere_copy_raw(out, t)) { free(idx); sere_tensor_release(out); return NULL; }
-  walk(WALK_SCATTER_ADD, t->dtype, index->ndim, index->shape, d, idx, sere_data(out), out->stride, sere_data(src),
-       src->stride);
-  if (!sere_needs_grad(2, (sere_tensor *[]){t, src})) { free(idx); return out; }
+  if (read_indices(&ix, "scatter_add", index, base, t->shape[d], d)) return NULL;
+  sere_tensor *out = sere_tensor_new_uninit_like(t, t->dtype);
+  if (!out || sere_copy_raw(out, t) || walk_tensors(WALK_SCATTER_ADD, index->ndim, index->shape, d, &ix, out, src)) {
+    indices_release(&ix);
+    sere_tensor_release(out);
+    return NULL;
+  }
+  if (!sere_needs_grad(2, (sere_tensor *[]){t, src})) { indices_release(&ix); return out; }
   sere_node *n = sere_node_new("scatter_add", scatter_add_backward, 2, (sere_tensor *[]){t, src});
-  if (!n) { free(idx); sere_tensor_release(out); return NULL; }
+  if (!n) { indices_release(&ix); sere_tensor_release(out); return NULL; }
   n->ints[0] = d;
   memcpy(n->ints + 1, index->shape, sizeof(int64_t) * (size_t)index->ndim);
-  n->extra = idx;
+  indices_keep(n, &ix);
   sere_attach(out, n);
   return out;
 }
@@ -407,12 +524,19 @@ static int masked_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi
   int64_t shape[SERE_MAX_DIMS];
   if (sere_broadcast_shapes("masked_select", e->ndim, e->shape, mask->ndim, mask->shape, &nd, shape)) return -1;
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *z = gf ? sere_tensor_new(SERE_F32, nd, shape) : NULL;
+  sere_tensor *z = gf ? sere_tensor_new_on(sere_device_of(g), SERE_F32, nd, shape) : NULL;
   sere_tensor *me = z ? expand_raw(mask, nd, shape) : NULL;
-  if (me) mask_walk(MASK_UNPACK, me, z, sere_data(gf));
+  int rc = me ? 0 : -1;
+  if (me && sere_device_of(me) == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    rc = sere_cuda_masked_unpack(z, me, gf);
+#endif
+  } else if (me) {
+    mask_walk(MASK_UNPACK, me, z, sere_data(gf));
+  }
   sere_tensor_release(gf);
   sere_tensor_release(me);
-  if (!me) { sere_tensor_release(z); return -1; }
+  if (rc) { sere_tensor_release(z); return -1; }
   sere_tensor *r = z;
   if (nd != e->ndim || memcmp(shape, e->shape, sizeof(int64_t) * (size_t)nd)) { /* t was broadcast */
     r = sere_sum_to(z, e->ndim, e->shape);
@@ -425,12 +549,18 @@ static int masked_select_backward(sere_node *n, sere_tensor *g, sere_tensor **gi
 sere_tensor *sere_masked_select(sere_tensor *t, sere_tensor *mask) {
   int nd;
   int64_t shape[SERE_MAX_DIMS];
+  sere_device_type dev;
+  if (sere_common_device("masked_select", &dev, 2, (sere_tensor *[]){t, mask})) return NULL;
   if (mask->dtype != SERE_BOOL)
     return sere_fail("masked_select: mask must be a bool tensor, got %s", sere_dtype_name(mask->dtype));
   if (sere_broadcast_shapes("masked_select", t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape)) return NULL;
   sere_tensor *te = expand_raw(t, nd, shape), *me = te ? expand_raw(mask, nd, shape) : NULL;
   sere_tensor *out = NULL;
-  if (me) {
+  if (me && dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    sere_cuda_masked_select(te, me, &out);
+#endif
+  } else if (me) {
     int64_t count = mask_walk(MASK_COUNT, me, NULL, NULL);
     out = sere_tensor_new_uninit(t->dtype, 1, &count);
     if (out) mask_walk(MASK_PACK, me, te, out->storage->data);
@@ -446,6 +576,13 @@ sere_tensor *sere_masked_select(sere_tensor *t, sere_tensor *mask) {
 }
 
 sere_tensor *sere_nonzero(sere_tensor *t, int64_t base) {
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) {
+    sere_tensor *out = NULL;
+    sere_cuda_nonzero(t, base, &out);
+    return out;
+  }
+#endif
   int64_t n = sere_numel(t), count = 0, pos[SERE_MAX_DIMS] = {0};
   for (int64_t i = 0; i < n; i++) {
     count += sere_get_elem(t, pos) != 0;

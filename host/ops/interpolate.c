@@ -15,6 +15,9 @@
  * then mixes four tmp rows per output row, a loop over whole rows that the
  * compiler vectorises. The backward runs the transposed passes (scatter-adds
  * of the same weights) and saves nothing but the scale factors.
+ *
+ * Tensors on the GPU run kernels/interpolate.cu instead (same semantics;
+ * the backward there is a gather, one thread per input element).
  */
 #include <math.h>
 #include <omp.h>
@@ -22,6 +25,9 @@
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/interpolate.h"
+#endif
 
 #define SHAPE_BUF 160
 #define PARALLEL_MIN 32768
@@ -136,6 +142,12 @@ static int run(int64_t B, int64_t C, int64_t H, int64_t W, double sy, double sx,
 /* scalars: sy, sx. */
 static int interpolate_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   const sere_edge *e = &n->edges[0];
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(g) == SERE_CUDA) {
+    gi[0] = sere_tensor_new_uninit_on(SERE_CUDA, e->dtype, 4, e->shape);
+    return gi[0] ? sere_cuda_interpolate_bicubic_backward(g, gi[0], n->scalars[0], n->scalars[1]) : -1;
+  }
+#endif
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32);
   sere_tensor *gx = gf ? sere_tensor_new(SERE_F32, 4, e->shape) : NULL;
   int rc = -1;
@@ -147,6 +159,28 @@ static int interpolate_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   sere_tensor_release(gf);
   sere_tensor_release(gx);
   return rc;
+}
+
+/* The forward on x's device: y [B, C, Ho, Wo] in x's dtype. */
+static sere_tensor *resample(sere_tensor *x, const int64_t shape[4], double sy, double sx) {
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(x) == SERE_CUDA) {
+    sere_tensor *y = sere_tensor_new_uninit_on(SERE_CUDA, x->dtype, 4, shape);
+    if (y && sere_cuda_interpolate_bicubic(x, y, sy, sx)) {
+      sere_tensor_release(y);
+      return NULL;
+    }
+    return y;
+  }
+#endif
+  sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
+  sere_tensor *y = xf ? sere_tensor_new_uninit(SERE_F32, 4, shape) : NULL;
+  sere_tensor *out = NULL;
+  if (y && !run(shape[0], shape[1], x->shape[2], x->shape[3], sy, sx, sere_data(xf), sere_data(y), 0))
+    out = sere_as_contiguous_dtype(y, x->dtype);
+  sere_tensor_release(xf);
+  sere_tensor_release(y);
+  return out;
 }
 
 sere_tensor *sere_interpolate_bicubic(sere_tensor *x, double sy, double sx) {
@@ -161,13 +195,7 @@ sere_tensor *sere_interpolate_bicubic(sere_tensor *x, double sy, double sx) {
     return sere_fail("interpolate_bicubic: scale factors (%g, %g) give a %.0f x %.0f output for x of shape %s", sy,
                      sx, ho, wo, sere_shape_str(x, a, sizeof a));
   int64_t shape[4] = {x->shape[0], x->shape[1], (int64_t)ho, (int64_t)wo};
-  sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
-  sere_tensor *y = xf ? sere_tensor_new_uninit(SERE_F32, 4, shape) : NULL;
-  sere_tensor *out = NULL;
-  if (y && !run(shape[0], shape[1], x->shape[2], x->shape[3], sy, sx, sere_data(xf), sere_data(y), 0))
-    out = sere_as_contiguous_dtype(y, x->dtype);
-  sere_tensor_release(xf);
-  sere_tensor_release(y);
+  sere_tensor *out = resample(x, shape, sy, sx);
   if (!out || !sere_needs_grad(1, &x)) return out;
   sere_node *n = sere_node_new("interpolate_bicubic", interpolate_backward, 1, &x);
   if (!n) {

@@ -14,11 +14,17 @@
  *   gw = sum over rows of g * xh,   gb = sum over rows of g
  * gw and gb are summed per block of rows (a fixed split of the rows, so
  * the result does not depend on the number of threads), then the blocks
- * in order in double. A missing weight or bias is a row of ones or zeros. */
+ * in order in double. A missing weight or bias is a row of ones or zeros.
+ *
+ * CUDA tensors run the same formulas in kernels/layernorm.cu on contiguous
+ * f32 device copies (bf16 converted on the device like here). */
 #include <math.h>
 #include <stdlib.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/layernorm.h"
+#endif
 
 #define PARALLEL_MIN 32768
 #define MAX_BLOCKS 64
@@ -86,6 +92,40 @@ static sere_tensor *sum_blocks(const float *part, int64_t nblocks, int64_t d, se
   return r;
 }
 
+#ifdef SERE_WITH_CUDA
+/* layer_norm_backward for CUDA tensors: the same gradients from
+ * kernels/layernorm.cu, the weight / bias ones as [d] f32 on the device. */
+static int layer_norm_backward_cuda(sere_node *n, sere_tensor *g, sere_tensor *x, sere_tensor *w, sere_tensor *stats,
+                                    sere_tensor **gi) {
+  const sere_edge *ex = &n->edges[0];
+  const int64_t d = ex->shape[ex->ndim - 1], rows = d ? sere_numel_raw(ex->ndim, ex->shape) / d : 0;
+  sere_device_type dev;
+  if (sere_common_device("layer_norm backward", &dev, 2, (sere_tensor *[]){x, g})) return -1;
+  const int need[3] = {sere_edge_needed(n, 0), sere_edge_needed(n, 1), sere_edge_needed(n, 2)};
+  sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
+  sere_tensor *wf = w ? sere_as_contiguous_dtype(w, SERE_F32) : NULL, *out[3] = {NULL, NULL, NULL};
+  int rc = -1;
+  if (!xf || !gf || (w && !wf)) goto done;
+  for (int i = 0; i < 3; i++)
+    if (need[i] && !(out[i] = i == 0 ? sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, ex->ndim, ex->shape)
+                                     : sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, 1, &d)))
+      goto done;
+  if (sere_cuda_layer_norm_backward(sere_data(gf), sere_data(xf), wf ? sere_data(wf) : NULL, sere_data(stats), rows, d,
+                                    out[0] ? sere_data(out[0]) : NULL, out[1] ? sere_data(out[1]) : NULL,
+                                    out[2] ? sere_data(out[2]) : NULL))
+    goto done;
+  for (int i = 0; i < 3; i++)
+    if (need[i] && !(gi[i] = sere_as_contiguous_dtype(out[i], n->edges[i].dtype))) goto done;
+  rc = 0;
+done:
+  sere_tensor_release(xf);
+  sere_tensor_release(gf);
+  sere_tensor_release(wf);
+  for (int i = 0; i < 3; i++) sere_tensor_release(out[i]);
+  return rc;
+}
+#endif
+
 /* Inputs: x, weight, bias. saved: x, weight (when given), [rows, 3] f32
  * stats (shift, mean, rstd per row). ints[0]: has weight. */
 static int layer_norm_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
@@ -94,6 +134,9 @@ static int layer_norm_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *x = sere_node_saved(n, 0), *w = n->ints[0] ? sere_node_saved(n, 1) : NULL;
   sere_tensor *stats = sere_node_saved(n, 2);
   if (!x || !stats || (n->ints[0] && !w)) return -1;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(x) == SERE_CUDA) return layer_norm_backward_cuda(n, g, x, w, stats, gi);
+#endif
   int need_x = sere_edge_needed(n, 0), need_w = sere_edge_needed(n, 1), need_b = sere_edge_needed(n, 2);
   int64_t nblocks = rows < MAX_BLOCKS ? rows : MAX_BLOCKS, per = nblocks ? (rows + nblocks - 1) / nblocks : 0;
   sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
@@ -157,19 +200,30 @@ sere_tensor *sere_layer_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *b
   if (!(eps >= 0)) return sere_fail("layer_norm: eps must be >= 0, got %g", eps);
   const int64_t d = x->shape[x->ndim - 1], rows = d ? sere_numel(x) / d : 0;
   if (check_affine("weight", weight, x, d) || check_affine("bias", bias, x, d)) return NULL;
+  sere_device_type dev;
+  if (sere_common_device("layer_norm", &dev, 3, (sere_tensor *[]){x, weight, bias})) return NULL;
 
   sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
   sere_tensor *wf = xf && weight ? sere_as_contiguous_dtype(weight, SERE_F32) : NULL;
   sere_tensor *bf = xf && bias ? sere_as_contiguous_dtype(bias, SERE_F32) : NULL;
-  sere_tensor *y = sere_tensor_new_uninit(SERE_F32, x->ndim, x->shape);
-  sere_tensor *stats = sere_tensor_new_uninit(SERE_F32, 2, (int64_t[]){rows, 3});
-  float *units = weight && bias ? NULL : unit_rows(d);
+  sere_tensor *y = sere_tensor_new_uninit_on(dev, SERE_F32, x->ndim, x->shape);
+  sere_tensor *stats = sere_tensor_new_uninit_on(dev, SERE_F32, 2, (int64_t[]){rows, 3});
+  float *units = (weight && bias) || dev == SERE_CUDA ? NULL : unit_rows(d);
   sere_tensor *out = NULL;
-  if (!xf || (weight && !wf) || (bias && !bf) || !y || !stats || (!(weight && bias) && !units)) goto done;
-  const float *xs = sere_data(xf), *ws = wf ? sere_data(wf) : units, *bs = bf ? sere_data(bf) : units + d;
-  float *ys = sere_data(y), *st = sere_data(stats);
+  if (!xf || (weight && !wf) || (bias && !bf) || !y || !stats) goto done;
+  if (dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    if (sere_cuda_layer_norm_forward(sere_data(xf), wf ? sere_data(wf) : NULL, bf ? sere_data(bf) : NULL,
+                                     sere_data(y), sere_data(stats), rows, d, (float)eps))
+      goto done;
+#endif
+  } else {
+    if (!(weight && bias) && !units) goto done;
+    const float *xs = sere_data(xf), *ws = wf ? sere_data(wf) : units, *bs = bf ? sere_data(bf) : units + d;
+    float *ys = sere_data(y), *st = sere_data(stats);
 #pragma omp parallel for schedule(static) if (rows * d >= PARALLEL_MIN)
-  for (int64_t r = 0; r < rows; r++) row_forward(xs + r * d, ws, bs, ys + r * d, d, (float)eps, st + 3 * r);
+    for (int64_t r = 0; r < rows; r++) row_forward(xs + r * d, ws, bs, ys + r * d, d, (float)eps, st + 3 * r);
+  }
   out = sere_as_contiguous_dtype(y, x->dtype);
   if (!out || !sere_needs_grad(3, (sere_tensor *[]){x, weight, bias})) goto done;
   sere_node *n = sere_node_new("layer_norm", layer_norm_backward, 3, (sere_tensor *[]){x, weight, bias});

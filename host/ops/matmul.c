@@ -12,12 +12,22 @@
  * dims by accumulating into an output whose batch stride is 0, so no
  * batched intermediate is ever reduced afterwards.
  * bf16 is computed in f32; integer dtypes use an exact int64 triple loop.
+ *
+ * CUDA tensors go to cuBLAS (kernels/matmul.cu) through the same problem
+ * description: the batch dims left after folding are merged where the
+ * strides allow, and the innermost one becomes one strided-batched GEMM
+ * (stride 0 for a broadcast operand); entries that accumulate into a shared
+ * output run as one GEMM each, in order. Two bf16 operands are multiplied
+ * as bf16 with f32 accumulation; integer products have no CUDA path.
  */
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/matmul.h"
+#endif
 
 #define SHAPE_BUF 160
 
@@ -31,7 +41,8 @@ typedef struct {
 
 /* c[i] (+)= a[i] @ b[i] for every batch index i; a is n x k, b is k x m. */
 typedef struct {
-  sere_dtype cd; /* SERE_F32 or SERE_I64 */
+  sere_dtype ad; /* of a and b: SERE_F32, SERE_I64, or SERE_BF16 on cuda; c is i64 or f32 to match */
+  sere_device_type dev;
   int nb;
   int64_t batch[SERE_MAX_DIMS];
   int64_t n, k, m;
@@ -97,7 +108,7 @@ static void fold_batch(mm_problem *p) {
   } else {
     return;
   }
-  if (p->cd != SERE_F32 || layouts_ok(&q)) *p = q;
+  if (p->ad == SERE_I64 || layouts_ok(&q)) *p = q;
 }
 
 static void sgemm_one(const mm_problem *p, const float *a, const float *b, float *c) {
@@ -125,44 +136,117 @@ static void igemm_one(const mm_problem *p, const int64_t *a, const int64_t *b, i
   }
 }
 
-/* Runs one batch entry: flat batch index i decomposed over p->batch. */
-static void mm_entry(const mm_problem *p, int64_t i) {
-  int64_t oa = 0, ob = 0, oc = 0;
+/* Element offsets of batch entry i (flat, over p->batch) in a, b and c. */
+static void entry_offsets(const mm_problem *p, int64_t i, int64_t *oa, int64_t *ob, int64_t *oc) {
+  *oa = *ob = *oc = 0;
   for (int d = p->nb - 1; d >= 0; d--) {
     int64_t j = i % p->batch[d];
     i /= p->batch[d];
-    oa += j * p->a.bs[d];
-    ob += j * p->b.bs[d];
-    oc += j * p->c.bs[d];
+    *oa += j * p->a.bs[d];
+    *ob += j * p->b.bs[d];
+    *oc += j * p->c.bs[d];
   }
-  int64_t es = (int64_t)sere_dtype_size(p->cd);
+}
+
+/* Runs one batch entry on the CPU. */
+static void mm_entry(const mm_problem *p, int64_t i) {
+  int64_t oa, ob, oc;
+  entry_offsets(p, i, &oa, &ob, &oc);
+  int64_t es = (int64_t)sere_dtype_size(p->ad);
   char *a = p->a.data + oa * es, *b = p->b.data + ob * es, *c = p->c.data + oc * es;
-  if (p->cd == SERE_F32) sgemm_one(p, (const float *)a, (const float *)b, (float *)c);
+  if (p->ad == SERE_F32) sgemm_one(p, (const float *)a, (const float *)b, (float *)c);
   else igemm_one(p, (const int64_t *)a, (const int64_t *)b, (int64_t *)c);
 }
+
+#ifdef SERE_WITH_CUDA
+/* Merges adjacent batch dims that a, b and c all walk as one. */
+static void merge_batch_dims(mm_problem *p) {
+  int kept = 0;
+  for (int i = 0; i < p->nb; i++) {
+    int o = kept - 1;
+    if (kept > 0 && p->a.bs[o] == p->a.bs[i] * p->batch[i] && p->b.bs[o] == p->b.bs[i] * p->batch[i] &&
+        p->c.bs[o] == p->c.bs[i] * p->batch[i] && p->batch[o] * p->batch[i] <= INT_MAX) {
+      p->batch[o] *= p->batch[i];
+      p->a.bs[o] = p->a.bs[i];
+      p->b.bs[o] = p->b.bs[i];
+      p->c.bs[o] = p->c.bs[i];
+    } else {
+      p->batch[kept] = p->batch[i];
+      p->a.bs[kept] = p->a.bs[i];
+      p->b.bs[kept] = p->b.bs[i];
+      p->c.bs[kept] = p->c.bs[i];
+      kept++;
+    }
+  }
+  p->nb = kept;
+}
+
+/* The problem as cuBLAS calls: the innermost batch dim in each call, unless
+ * entries accumulate into a shared c (concurrent entries would race), then
+ * one entry per call. */
+static int cuda_run(mm_problem *p) {
+  merge_batch_dims(p);
+  int last = p->nb - 1;
+  int64_t count = sere_numel_raw(p->nb, p->batch), inner = p->accumulate || p->nb == 0 ? 1 : p->batch[last];
+  CBLAS_TRANSPOSE ta = CblasNoTrans, tb = CblasNoTrans;
+  sere_cuda_gemm_args g = {.n = (int)p->n, .k = (int)p->k, .m = (int)p->m, .ldc = (int)p->c.rs, .batch = (int)inner,
+                           .bf16 = p->ad == SERE_BF16, .accumulate = p->accumulate};
+  blas_layout(p->n, p->k, p->a.rs, p->a.cs, &ta, &g.lda);
+  blas_layout(p->k, p->m, p->b.rs, p->b.cs, &tb, &g.ldb);
+  g.a_trans = ta == CblasTrans;
+  g.b_trans = tb == CblasTrans;
+  if (inner > 1) {
+    g.stride_a = p->a.bs[last];
+    g.stride_b = p->b.bs[last];
+    g.stride_c = p->c.bs[last];
+  }
+  int64_t es = (int64_t)sere_dtype_size(p->ad);
+  for (int64_t i = 0; i < count; i += inner) {
+    int64_t oa, ob, oc;
+    entry_offsets(p, i, &oa, &ob, &oc);
+    g.a = p->a.data + oa * es;
+    g.b = p->b.data + ob * es;
+    g.c = (float *)p->c.data + oc;
+    if (sere_cuda_gemm(&g)) return -1;
+  }
+  return 0;
+}
+#endif
 
 /* OpenBLAS runs a GEMM of at most this many multiply-adds on the calling
  * thread only, so such small products (attention heads) can run in
  * parallel over the batch without fighting its thread pool. */
 #define SMALL_GEMM (1 << 18)
 
-static void mm_run(mm_problem *p) {
-  if (p->n == 0 || p->m == 0 || p->k == 0) return; /* the zero-filled output is the answer */
+static int mm_run(mm_problem *p) {
+  if (p->n == 0 || p->m == 0 || p->k == 0) return 0; /* the zero-filled output is the answer */
   fold_batch(p);
+#ifdef SERE_WITH_CUDA
+  if (p->dev == SERE_CUDA) return cuda_run(p);
+#endif
   int64_t count = sere_numel_raw(p->nb, p->batch);
   /* entries accumulating into a shared output must run one after another */
   int parallel = !p->accumulate && count > 1 && p->n * p->m * p->k <= SMALL_GEMM;
 #pragma omp parallel for if (parallel)
   for (int64_t i = 0; i < count; i++) mm_entry(p, i);
+  return 0;
 }
 
-/* `t` in the compute dtype, in a layout the kernel reads directly; copied
- * only when the dtype differs or (f32) BLAS cannot read its matrices. */
+/* The dtype a and b are multiplied in: i64 for integers, else f32, except
+ * that two bf16 operands on the GPU go to cuBLAS as they are. */
+static sere_dtype operand_dtype(const sere_tensor *a, const sere_tensor *b, int integer) {
+  if (integer) return SERE_I64;
+  if (sere_device_of(a) == SERE_CUDA && a->dtype == SERE_BF16 && b->dtype == SERE_BF16) return SERE_BF16;
+  return SERE_F32;
+}
+
+/* `t` in the operand dtype, in a layout the kernel reads directly; copied
+ * only when the dtype differs or (floats) BLAS cannot read its matrices. */
 static sere_tensor *operand(sere_tensor *t, sere_dtype cd) {
   if (t->dtype != cd) return sere_as_contiguous_dtype(t, cd);
   CBLAS_TRANSPOSE tr;
   int ld, r = t->ndim - 2;
-  if (cd == SERE_F32 && !blas_layout(t->shape[r], t->shape[r + 1], t->stride[r], t->stride[r + 1], &tr, &ld))
+  if (cd != SERE_I64 && !blas_layout(t->shape[r], t->shape[r + 1], t->stride[r], t->stride[r + 1], &tr, &ld))
     return sere_contiguous_raw(t);
   return sere_tensor_retain(t);
 }
@@ -180,12 +264,14 @@ static void set_arg(mm_arg *x, const sere_tensor *t, const mm_problem *p) {
   }
 }
 
-/* a @ b for a [..., n, k] and b [..., k, m] (at least 2-D, batch dims
- * broadcast, shapes already checked), summed down to the batch shape `ob`
- * (nob dims, right-aligned to the broadcast batch; a 1 there sums that dim
- * away). Returns a new contiguous [ob..., n, m] tensor of dtype cd. */
-static sere_tensor *product(sere_tensor *a, sere_tensor *b, int nob, const int64_t *ob, sere_dtype cd) {
-  mm_problem p = {.cd = cd};
+/* a @ b for a [..., n, k] and b [..., k, m] (at least 2-D, on one device,
+ * batch dims broadcast, shapes already checked), summed down to the batch
+ * shape `ob` (nob dims, right-aligned to the broadcast batch; a 1 there
+ * sums that dim away). Returns a new contiguous [ob..., n, m] tensor on
+ * their device: i64 when `integer`, else f32. */
+static sere_tensor *product(sere_tensor *a, sere_tensor *b, int nob, const int64_t *ob, int integer) {
+  sere_dtype cd = operand_dtype(a, b, integer);
+  mm_problem p = {.ad = cd, .dev = sere_device_of(a)};
   int64_t batch[SERE_MAX_DIMS], shape[SERE_MAX_DIMS];
   int nb;
   if (sere_broadcast_shapes("matmul", a->ndim - 2, a->shape, b->ndim - 2, b->shape, &nb, batch)) return NULL;
@@ -197,7 +283,7 @@ static sere_tensor *product(sere_tensor *a, sere_tensor *b, int nob, const int64
   shape[nob + 1] = p.m;
   sere_tensor *ca = operand(a, cd);
   sere_tensor *cb = ca ? operand(b, cd) : NULL;
-  sere_tensor *c = cb ? sere_tensor_new_uninit(cd, nob + 2, shape) : NULL;
+  sere_tensor *c = cb ? sere_tensor_new_uninit_on(p.dev, integer ? SERE_I64 : SERE_F32, nob + 2, shape) : NULL;
   if (c) {
     p.nb = nb;
     memcpy(p.batch, batch, sizeof batch);
@@ -216,10 +302,12 @@ static sere_tensor *product(sere_tensor *a, sere_tensor *b, int nob, const int64
       kept++;
     }
     p.nb = kept;
-    /* sgemm overwrites c (beta = 0) unless entries accumulate or k is 0;
+    /* GEMMs overwrite c (beta = 0) unless entries accumulate or k is 0;
      * the integer kernel always accumulates */
-    if (p.accumulate || p.k == 0 || cd != SERE_F32) sere_fill_raw(c, 0);
-    mm_run(&p);
+    if (((p.accumulate || p.k == 0 || integer) && sere_fill_raw(c, 0)) || mm_run(&p)) {
+      sere_tensor_release(c);
+      c = NULL;
+    }
   }
   sere_tensor_release(ca);
   sere_tensor_release(cb);
@@ -286,11 +374,11 @@ static int matmul_backward(sere_node *nd, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *At = A ? transpose_last(A) : NULL, *Bt = B ? transpose_last(B) : NULL;
   int rc = G && At && Bt ? 0 : -1;
   if (!rc && sere_edge_needed(nd, 0)) {
-    gi[0] = finish(product(G, Bt, A->ndim - 2, A->shape, SERE_F32), nd->edges[0].dtype, a->ndim, a->shape);
+    gi[0] = finish(product(G, Bt, A->ndim - 2, A->shape, 0), nd->edges[0].dtype, a->ndim, a->shape);
     if (!gi[0]) rc = -1;
   }
   if (!rc && sere_edge_needed(nd, 1)) {
-    gi[1] = finish(product(At, G, B->ndim - 2, B->shape, SERE_F32), nd->edges[1].dtype, b->ndim, b->shape);
+    gi[1] = finish(product(At, G, B->ndim - 2, B->shape, 0), nd->edges[1].dtype, b->ndim, b->shape);
     if (!gi[1]) rc = -1;
   }
   sere_tensor_release(G);
@@ -303,6 +391,8 @@ static int matmul_backward(sere_node *nd, sere_tensor *g, sere_tensor **gi) {
 
 static sere_tensor *matmul_impl(const char *op, sere_tensor *a, sere_tensor *b) {
   char x[SHAPE_BUF], y[SHAPE_BUF];
+  sere_device_type dev;
+  if (sere_common_device(op, &dev, 2, (sere_tensor *[]){a, b})) return NULL;
   sere_shape_str(a, x, sizeof x);
   sere_shape_str(b, y, sizeof y);
   if (a->ndim == 0 || b->ndim == 0)
@@ -321,8 +411,11 @@ static sere_tensor *matmul_impl(const char *op, sere_tensor *a, sere_tensor *b) 
     return sere_fail("%s: the batch dims of shapes %s and %s do not broadcast", op, x, y);
   }
   sere_dtype d = sere_promote(a->dtype, b->dtype);
+  if (dev == SERE_CUDA && !sere_dtype_is_float(d))
+    return sere_fail("%s: integer products are not implemented for cuda tensors (dtypes %s and %s)", op,
+                     sere_dtype_name(a->dtype), sere_dtype_name(b->dtype));
   sere_tensor *A = as_matrix(a, 1), *B = A ? as_matrix(b, 0) : NULL;
-  sere_tensor *c = B ? product(A, B, nbatch, shape, sere_dtype_is_float(d) ? SERE_F32 : SERE_I64) : NULL;
+  sere_tensor *c = B ? product(A, B, nbatch, shape, !sere_dtype_is_float(d)) : NULL;
   sere_tensor_release(A);
   sere_tensor_release(B);
   /* the result drops the dims that the 1-D promotions added */

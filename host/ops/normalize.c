@@ -11,10 +11,14 @@
  *
  * The tensor is seen as [outer, len, inner] around the dim. The last dim
  * (inner == 1) runs row by row; otherwise slabs of up to COLS columns keep
- * per-column sums, so every loop still runs over contiguous memory. */
+ * per-column sums, so every loop still runs over contiguous memory. CUDA
+ * tensors run the same lines in kernels/normalize.cu. */
 #include <math.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/normalize.h"
+#endif
 
 #define PARALLEL_MIN 32768
 #define COLS 256
@@ -79,14 +83,21 @@ static void cols_backward(const float *g, const float *x, float *gx, const float
 }
 
 /* Forward (g == NULL: out = y, norms written) or backward (out = gx, norms
- * read) over every line of a contiguous tensor of `shape` along dim d. */
-static void run_lines(int ndim, const int64_t *shape, int d, const float *x, const float *g, float *out,
-                      float *norms, float eps) {
+ * read) over every line of a contiguous tensor of `shape` along dim d, on
+ * the tensors' device. 0 or -1. */
+static int run_lines(int ndim, const int64_t *shape, int d, const float *x, const float *g, float *out,
+                     float *norms, float eps, sere_device_type dev) {
   int64_t len = ndim ? shape[d] : 1, inner = 1, outer = 1;
   for (int i = 0; i < d; i++) outer *= shape[i];
   for (int i = d + 1; i < ndim; i++) inner *= shape[i];
+#ifdef SERE_WITH_CUDA
+  if (dev == SERE_CUDA)
+    return g ? sere_cuda_l2_normalize_backward(g, x, norms, out, outer, len, inner, eps)
+             : sere_cuda_l2_normalize(x, out, norms, outer, len, inner, eps);
+#endif
+  (void)dev;
   int64_t slabs = (inner + COLS - 1) / COLS, ntasks = outer * slabs;
-  if (len == 0) return; /* nothing to normalise; norms of empty lines are never read */
+  if (len == 0) return 0; /* nothing to normalise; norms of empty lines are never read */
 #pragma omp parallel for schedule(static) if (outer * len * inner >= PARALLEL_MIN)
   for (int64_t t = 0; t < ntasks; t++) {
     int64_t o = t / slabs, c0 = t % slabs * COLS, w = inner - c0 < COLS ? inner - c0 : COLS;
@@ -99,6 +110,7 @@ static void run_lines(int ndim, const int64_t *shape, int d, const float *x, con
       else cols_forward(x + off, out + off, norms + line, len, inner, w, eps);
     }
   }
+  return 0;
 }
 
 /* ints[0]: dim; scalars[0]: eps. saved: x, the [lines] f32 norms. */
@@ -107,10 +119,12 @@ static int l2_normalize_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
   sere_tensor *x = sere_node_saved(n, 0), *norms = sere_node_saved(n, 1);
   if (!x || !norms) return -1;
   sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *gx = xf && gf ? sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape) : NULL;
-  if (gx)
-    run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(xf), sere_data(gf), sere_data(gx), sere_data(norms),
-              (float)n->scalars[0]);
+  sere_tensor *gx = xf && gf ? sere_tensor_new_uninit_like(xf, SERE_F32) : NULL;
+  if (gx && run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(xf), sere_data(gf), sere_data(gx),
+                      sere_data(norms), (float)n->scalars[0], sere_device_of(gx))) {
+    sere_tensor_release(gx);
+    gx = NULL;
+  }
   sere_tensor_release(xf);
   sere_tensor_release(gf);
   return (gi[0] = sere_grad_as(gx, e->dtype)) ? 0 : -1;
@@ -126,13 +140,13 @@ sere_tensor *sere_l2_normalize(sere_tensor *x, int dim, double eps) {
   if (sere_wrap_dim(dim, x->ndim, "normalize", &d)) return NULL;
   int64_t len = x->ndim ? x->shape[d] : 1, lines = len ? sere_numel(x) / len : 0;
   sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
-  sere_tensor *y = sere_tensor_new_uninit(SERE_F32, x->ndim, x->shape);
-  sere_tensor *norms = sere_tensor_new_uninit(SERE_F32, 1, &lines);
+  sere_tensor *y = sere_tensor_new_uninit_like(x, SERE_F32);
+  sere_tensor *norms = sere_tensor_new_uninit_on(sere_device_of(x), SERE_F32, 1, &lines);
   sere_tensor *out = NULL;
-  if (xf && y && norms) {
-    run_lines(x->ndim, x->shape, d, sere_data(xf), NULL, sere_data(y), sere_data(norms), (float)eps);
+  if (xf && y && norms &&
+      !run_lines(x->ndim, x->shape, d, sere_data(xf), NULL, sere_data(y), sere_data(norms), (float)eps,
+                 sere_device_of(x)))
     out = sere_as_contiguous_dtype(y, x->dtype);
-  }
   if (out && sere_needs_grad(1, &x)) {
     sere_node *n = sere_node_new("normalize", l2_normalize_backward, 1, &x);
     if (n) {

@@ -13,12 +13,21 @@
  * db = column sums of dY, and dX = col2im(dY W) only when x requires grad.
  * Patches do not overlap, so im2col and col2im are permuting copies; rows
  * and columns beyond Hp*p, Wp*p (H, W not multiples of p) get zero gradient.
+ *
+ * CUDA tensors take the same steps with gather kernels for im2col and
+ * col2im (kernels/patch_embed.cu) and cuBLAS for the GEMMs; the forward
+ * GEMM runs in bf16 (f32 accumulation) when x and weight are both bf16,
+ * everything else in f32 as on the CPU.
  */
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/matmul.h"
+#include "../../kernels/patch_embed.h"
+#endif
 
 #define SHAPE_BUF 160
 #define PARALLEL_MIN 32768
@@ -48,12 +57,65 @@ static void im2col(const pe_dims *d, float *x, float *cols, int to_cols) {
   }
 }
 
-/* The patch matrix of the contiguous f32 image xf, as a new [M, K] tensor. */
-static sere_tensor *patches_of(const pe_dims *d, sere_tensor *xf) {
+/* The patch matrix of image x, as a new [M, K] tensor of dtype cd on x's
+ * device (cd is f32, or bf16 for a bf16 x on the GPU). */
+static sere_tensor *patches_of(const pe_dims *d, sere_tensor *x, sere_dtype cd) {
   int64_t shape[2] = {d->B * d->Hp * d->Wp, d->C * d->p * d->p};
-  sere_tensor *cols = sere_tensor_new_uninit(SERE_F32, 2, shape);
-  if (cols) im2col(d, sere_data(xf), sere_data(cols), 1);
+  sere_tensor *cols = sere_tensor_new_uninit_on(sere_device_of(x), cd, 2, shape);
+  if (!cols) return NULL;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(x) == SERE_CUDA) {
+    if (!sere_cuda_im2col(x, (int)d->p, cols)) return cols;
+    sere_tensor_release(cols);
+    return NULL;
+  }
+#endif
+  sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
+  if (xf) im2col(d, sere_data(xf), sere_data(cols), 1);
+  else {
+    sere_tensor_release(cols);
+    cols = NULL;
+  }
+  sere_tensor_release(xf);
   return cols;
+}
+
+/* The image gradient [B, C, H, W] (f32, on dcols' device) of the patch
+ * matrix gradient dcols [M, K]; zero where no patch lands. */
+static sere_tensor *image_of(const pe_dims *d, sere_tensor *dcols, const int64_t *xshape) {
+  sere_device_type dev = sere_device_of(dcols);
+  int covered = d->Hp * d->p == d->H && d->Wp * d->p == d->W;
+  sere_tensor *dx = dev == SERE_CUDA || covered ? sere_tensor_new_uninit_on(dev, SERE_F32, 4, xshape)
+                                                : sere_tensor_new(SERE_F32, 4, xshape);
+  if (!dx) return NULL;
+#ifdef SERE_WITH_CUDA
+  if (dev == SERE_CUDA) {
+    if (!sere_cuda_col2im(dcols, (int)d->p, dx)) return dx;
+    sere_tensor_release(dx);
+    return NULL;
+  }
+#endif
+  im2col(d, sere_data(dx), sere_data(dcols), 0);
+  return dx;
+}
+
+/* c = op(a) @ op(b) (or += with `accumulate`) for contiguous row-major
+ * a [M, K] ([K, M] when ta), b [K, N] ([N, K] when tb) and f32 c [M, N],
+ * on their device; a and b are f32, or both bf16 on the GPU. */
+static int gemm(int M, int N, int K, sere_tensor *a, int ta, sere_tensor *b, int tb, sere_tensor *c,
+                int accumulate) {
+  int lda = ta ? M : K, ldb = tb ? K : N;
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(c) == SERE_CUDA) {
+    sere_cuda_gemm_args g = {.n = M, .k = K, .m = N, .a = sere_data(a), .b = sere_data(b), .c = sere_data(c),
+                             .a_trans = ta, .b_trans = tb, .lda = lda, .ldb = ldb, .ldc = N, .batch = 1,
+                             .bf16 = a->dtype == SERE_BF16, .accumulate = accumulate};
+    return sere_cuda_gemm(&g);
+  }
+#endif
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f,
+              sere_data(a), lda, sere_data(b), ldb, accumulate ? 1.0f : 0.0f, sere_data(c), N);
+  return 0;
 }
 
 static int check_args(sere_tensor *x, sere_tensor *w, sere_tensor *bias, int p, pe_dims *d) {
@@ -106,6 +168,7 @@ static int emit(sere_tensor *t, sere_dtype dtype, sere_tensor **gi) {
 /* saved: 0 x (when weight needs grad), 1 weight (when x needs grad). */
 static int patch_embed_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   pe_dims d = dims_of_node(n);
+  sere_device_type dev = sere_device_of(g);
   int M = (int)(d.B * d.Hp * d.Wp), K = (int)(d.C * d.p * d.p), D = (int)d.D;
   /* dY as the row-major [M, D] matrix: [B, D, Hp, Wp] -> [B, Hp, Wp, D]. */
   sere_tensor *gp = sere_permute(g, 4, (int[]){0, 2, 3, 1});
@@ -115,13 +178,12 @@ static int patch_embed_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   int rc = 0;
   if (sere_edge_needed(n, 1)) {
     sere_tensor *x = sere_node_saved(n, 0);
-    sere_tensor *xf = x ? sere_as_contiguous_dtype(x, SERE_F32) : NULL;
-    sere_tensor *cols = xf ? patches_of(&d, xf) : NULL;
-    sere_tensor *dw = cols ? sere_tensor_new(SERE_F32, 4, n->edges[1].shape) : NULL;
-    if (dw && M > 0)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, K, M, 1.0f, sere_data(gm), D, sere_data(cols), K, 0.0f,
-                  sere_data(dw), K);
-    sere_tensor_release(xf);
+    sere_tensor *cols = x ? patches_of(&d, x, SERE_F32) : NULL;
+    sere_tensor *dw = cols ? sere_tensor_new_on(dev, SERE_F32, 4, n->edges[1].shape) : NULL;
+    if (dw && M > 0 && gemm(D, K, M, gm, 1, cols, 0, dw, 0)) {
+      sere_tensor_release(dw);
+      dw = NULL;
+    }
     sere_tensor_release(cols);
     rc |= emit(dw, n->edges[1].dtype, &gi[1]);
   }
@@ -130,17 +192,9 @@ static int patch_embed_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) 
   if (!rc && sere_edge_needed(n, 0)) {
     sere_tensor *w = sere_node_saved(n, 1);
     sere_tensor *wf = w ? sere_as_contiguous_dtype(w, SERE_F32) : NULL;
-    sere_tensor *dcols = wf ? sere_tensor_new_uninit(SERE_F32, 2, (int64_t[]){M, K}) : NULL;
-    /* Pixels outside every patch keep a zero gradient. */
-    int covered = d.Hp * d.p == d.H && d.Wp * d.p == d.W;
-    sere_tensor *dx = !dcols ? NULL
-                      : covered ? sere_tensor_new_uninit(SERE_F32, 4, n->edges[0].shape)
-                                : sere_tensor_new(SERE_F32, 4, n->edges[0].shape);
-    if (dx && M > 0) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, D, 1.0f, sere_data(gm), D, sere_data(wf), K, 0.0f,
-                  sere_data(dcols), K);
-      im2col(&d, sere_data(dx), sere_data(dcols), 0);
-    }
+    sere_tensor *dcols = wf ? sere_tensor_new_uninit_on(dev, SERE_F32, 2, (int64_t[]){M, K}) : NULL;
+    sere_tensor *dx = dcols && (M == 0 || !gemm(M, K, D, gm, 0, wf, 0, dcols, 0))
+                          ? image_of(&d, dcols, n->edges[0].shape) : NULL;
     sere_tensor_release(wf);
     sere_tensor_release(dcols);
     rc |= emit(dx, n->edges[0].dtype, &gi[0]);
@@ -165,30 +219,44 @@ static sere_tensor *record(sere_tensor *out, sere_tensor *x, sere_tensor *weight
   return out;
 }
 
+/* Sets every row of the f32 [M, D] matrix y to the f32 bias (or zeros). */
+static int bias_rows(sere_tensor *y, sere_tensor *bf, int64_t M, int64_t D) {
+  if (sere_device_of(y) == SERE_CUDA) {
+    if (!bf) return sere_fill_raw(y, 0);
+    sere_tensor *rows = sere_tensor_view_of(bf, 2, (int64_t[]){M, D}, (int64_t[]){0, 1}, bf->offset);
+    sere_tensor *y2 = rows ? sere_tensor_view_of(y, 2, (int64_t[]){M, D}, (int64_t[]){D, 1}, y->offset) : NULL;
+    int rc = y2 ? sere_copy_raw(y2, rows) : -1;
+    sere_tensor_release(rows);
+    sere_tensor_release(y2);
+    return rc;
+  }
+  float *yd = sere_data(y);
+  const float *bd = bf ? sere_data(bf) : NULL;
+#pragma omp parallel for schedule(static) if (M * D > PARALLEL_MIN)
+  for (int64_t r = 0; r < M; r++) {
+    if (bd) memcpy(yd + r * D, bd, (size_t)D * sizeof(float));
+    else memset(yd + r * D, 0, (size_t)D * sizeof(float));
+  }
+  return 0;
+}
+
 sere_tensor *sere_patch_embed(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, int p) {
   pe_dims d;
+  sere_device_type dev;
+  if (sere_common_device("patch_embed", &dev, 3, (sere_tensor *[]){x, weight, bias})) return NULL;
   if (check_args(x, weight, bias, p, &d)) return NULL;
   sere_dtype odt = sere_promote(x->dtype, weight->dtype);
   if (bias) odt = sere_promote(odt, bias->dtype);
+  /* the GEMM's operand dtype: bf16 straight to cuBLAS, else f32 */
+  sere_dtype cd = dev == SERE_CUDA && x->dtype == SERE_BF16 && weight->dtype == SERE_BF16 ? SERE_BF16 : SERE_F32;
   int M = (int)(d.B * d.Hp * d.Wp), K = (int)(d.C * p * p), D = (int)d.D;
-  sere_tensor *xf = sere_as_contiguous_dtype(x, SERE_F32);
-  sere_tensor *wf = xf ? sere_as_contiguous_dtype(weight, SERE_F32) : NULL;
-  sere_tensor *bf = wf && bias ? sere_as_contiguous_dtype(bias, SERE_F32) : NULL;
-  sere_tensor *cols = wf && (bf || !bias) ? patches_of(&d, xf) : NULL;
-  sere_tensor *y = cols ? sere_tensor_new_uninit(SERE_F32, 4, (int64_t[]){d.B, d.Hp, d.Wp, d.D}) : NULL;
+  sere_tensor *wc = sere_as_contiguous_dtype(weight, cd);
+  sere_tensor *bf = wc && bias ? sere_as_contiguous_dtype(bias, SERE_F32) : NULL;
+  sere_tensor *cols = wc && (bf || !bias) ? patches_of(&d, x, cd) : NULL;
+  sere_tensor *y = cols ? sere_tensor_new_uninit_on(dev, SERE_F32, 4, (int64_t[]){d.B, d.Hp, d.Wp, d.D}) : NULL;
   sere_tensor *out = NULL;
-  if (y) {
-    float *yd = sere_data(y);
-    const float *bd = bf ? sere_data(bf) : NULL;
-    /* Y starts as the bias rows; the GEMM accumulates P W^T onto them. */
-#pragma omp parallel for schedule(static) if ((int64_t)M * D > PARALLEL_MIN)
-    for (int64_t r = 0; r < M; r++) {
-      if (bd) memcpy(yd + r * D, bd, (size_t)D * sizeof(float));
-      else memset(yd + r * D, 0, (size_t)D * sizeof(float));
-    }
-    if (M > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, D, K, 1.0f, sere_data(cols), K, sere_data(wf), K, 1.0f,
-                  yd, D);
+  /* Y starts as the bias rows; the GEMM accumulates P W^T onto them. */
+  if (y && !bias_rows(y, bf, M, D) && (M == 0 || !gemm(M, D, K, cols, 0, wc, 1, y, 1))) {
     sere_tensor *yo = sere_as_contiguous_dtype(y, odt);
     if (yo) {
       int64_t shape[4] = {d.B, d.D, d.Hp, d.Wp}, stride[4] = {d.Hp * d.Wp * d.D, 1, d.Wp * d.D, d.D};
@@ -196,8 +264,7 @@ sere_tensor *sere_patch_embed(sere_tensor *x, sere_tensor *weight, sere_tensor *
     }
     sere_tensor_release(yo);
   }
-  sere_tensor_release(xf);
-  sere_tensor_release(wf);
+  sere_tensor_release(wc);
   sere_tensor_release(bf);
   sere_tensor_release(cols);
   sere_tensor_release(y);

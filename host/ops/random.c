@@ -20,14 +20,18 @@
  * run in parallel. Box-Muller runs in f32 with the vectorisable ln, sqrt
  * and cos/sin(2 pi u) of vecmath.h: against the same formulas in double,
  * over every u1 with 64 angles each (2^30 pairs), z is within 3.7 ulp
- * (mean 0.65), and mean + std * z adds one rounding. The CUDA kernels may
- * differ from it by a few ulp; they must not differ in which words feed
- * which element. */
+ * (mean 0.65), and mean + std * z adds one rounding. The CUDA kernels
+ * (kernels/random.cu) use the same words for the same elements; uniform
+ * and randint match bit for bit, normal matches the x86-64-v3/v4 builds of
+ * normal_values bit for bit (the baseline build may differ by a few ulp). */
 #include <math.h>
 #include <string.h>
 
 #include "ops.h"
 #include "vecmath.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/random.h"
+#endif
 
 #define BATCH 256           /* Philox blocks generated together: 1024 values */
 #define PARALLEL_MIN 4096   /* blocks below which one thread does it all */
@@ -129,23 +133,40 @@ static void fill_batch(const fill_args *f, uint64_t seed, uint64_t block0, uint6
   else for (int64_t i = 0; i < n; i++) ((uint16_t *)data)[e0 + i] = sere_f32_to_bf16(v.f[i]); /* bf16 */
 }
 
+#ifdef SERE_WITH_CUDA
+/* The same fill by the GPU kernels into dst, contiguous on the GPU. */
+static int cuda_fill(const fill_args *f, uint64_t seed, uint64_t offset, sere_tensor *dst) {
+  switch (f->kind) {
+    case FILL_UNIFORM: return sere_cuda_uniform(dst, f->a, f->b, seed, offset);
+    case FILL_NORMAL: return sere_cuda_normal(dst, (float)f->a, (float)f->b, seed, offset);
+    default: return sere_cuda_randint(dst, f->lo, f->range, seed, offset);
+  }
+}
+#endif
+
 /* Fills t (any strides: a strided target goes through a contiguous
- * temporary) and advances the generator. */
+ * temporary; either device) and advances the generator. */
 static int random_fill(sere_tensor *t, const fill_args *f, sere_generator *g) {
   int64_t n = sere_numel(t);
-  sere_tensor *dst =
-      sere_is_contiguous(t) ? sere_tensor_retain(t) : sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
+  sere_tensor *dst = sere_is_contiguous(t) ? sere_tensor_retain(t) : sere_tensor_new_uninit_like(t, t->dtype);
   if (!dst) return -1;
   int64_t nblocks = (n + 3) / 4, nbatches = (nblocks + BATCH - 1) / BATCH;
   uint64_t base = g->offset, seed = g->seed;
-  void *data = sere_data(dst);
+  int rc = 0;
+  if (sere_device_of(dst) == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    rc = cuda_fill(f, seed, base, dst);
+#endif
+  } else {
+    void *data = sere_data(dst);
 #pragma omp parallel for schedule(static) if (nblocks > PARALLEL_MIN)
-  for (int64_t k = 0; k < nbatches; k++) {
-    int64_t first = k * BATCH, left = n - first * 4;
-    fill_batch(f, seed, base, (uint64_t)first, data, dst->dtype, left < 4 * BATCH ? left : 4 * BATCH);
+    for (int64_t k = 0; k < nbatches; k++) {
+      int64_t first = k * BATCH, left = n - first * 4;
+      fill_batch(f, seed, base, (uint64_t)first, data, dst->dtype, left < 4 * BATCH ? left : 4 * BATCH);
+    }
   }
-  g->offset += (uint64_t)nblocks;
-  int rc = dst == t ? 0 : sere_copy_raw(t, dst);
+  if (rc == 0) g->offset += (uint64_t)nblocks;
+  if (rc == 0 && dst != t) rc = sere_copy_raw(t, dst);
   sere_tensor_release(dst);
   return rc;
 }

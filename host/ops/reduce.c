@@ -21,13 +21,21 @@
  *
  * Backward functions reuse the plan: for y = F(sum_i f(x_i)) the gradient
  * is g * F'(acc) * f'(x_i), one per-output coefficient times a per-element
- * derivative. */
+ * derivative.
+ *
+ * CUDA tensors run the same plan (its type lives in kernels/reduce.h) in
+ * kernels/reduce.cu: the values, the backward coefficients and gradients,
+ * integer sums and sum_to; max/min go there through ops/topk.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/reduce.h"
 #include "ops.h"
 #include "vecmath.h"
+#ifdef SERE_WITH_CUDA
+#include "../cuda_device.h"
+#endif
 
 #define SHAPE_BUF 160
 #define PARALLEL_MIN 32768   /* elements below which one thread does it all */
@@ -37,16 +45,7 @@
 #define LANES 16             /* independent partial sums of a row: enough to hide the add latency */
 
 /* ---- plan: the reduction as groups of merged dims -------------------- */
-typedef struct {
-  int nkeep, nred; /* outer kept groups / outer reduced groups */
-  int64_t ksize[SERE_MAX_DIMS], kstride[SERE_MAX_DIMS];
-  int64_t rsize[SERE_MAX_DIMS], rstride[SERE_MAX_DIMS];
-  int inner_reduced; /* innermost group reduced (rows) or kept (columns) */
-  int64_t inner;     /* innermost group length; its stride is 1 */
-  int64_t cols;      /* outputs per block: `inner` when kept, else 1 */
-  int64_t nblocks;   /* outputs / cols */
-  int64_t count;     /* elements reduced into each output */
-} plan;
+typedef sere_reduce_plan plan; /* kernels/reduce.h: shared with the CUDA kernels */
 
 static void plan_build(plan *p, int ndim, const int64_t *shape, uint32_t mask) {
   int64_t gsize[SERE_MAX_DIMS], gstride[SERE_MAX_DIMS];
@@ -113,32 +112,24 @@ static void odo_next(odometer *o) {
 }
 
 /* ---- per-element maps and their derivatives --------------------------- */
-typedef enum {
-  MAP_X,      /* x            (sum, mean) */
-  MAP_SQDEV,  /* (x - c)^2    (var, std; c = the mean) */
-  MAP_ABS,    /* |x|          (1-norm) */
-  MAP_SQ,     /* x^2          (2-norm) */
-  MAP_POW,    /* |x|^p        (p-norm) */
-  MAP_MAXABS, /* max |x|      (inf-norm; combined by max, not +) */
-  MAP_EQ      /* |x| == c     (how many elements reach the inf-norm) */
-} map_mode;
+typedef sere_reduce_map map_mode; /* kernels/reduce.h */
 
 static inline double combine(map_mode m, double a, double b) {
-  if (m == MAP_MAXABS) return (a != a || a >= b) ? a : b; /* NaN wins */
+  if (m == SERE_RED_MAXABS) return (a != a || a >= b) ? a : b; /* NaN wins */
   return a + b;
 }
 
 static inline double sign_of(double x) { return (double)((x > 0) - (x < 0)); }
 
-/* f(x); c points at the output's centre (read by MAP_SQDEV and MAP_EQ only). */
+/* f(x); c points at the output's centre (read by SERE_RED_SQDEV and SERE_RED_EQ only). */
 static inline double map_elem(map_mode m, double x, const double *c, double p) {
   switch (m) {
-    case MAP_X: return x;
-    case MAP_SQDEV: return (x - *c) * (x - *c);
-    case MAP_ABS: case MAP_MAXABS: return fabs(x);
-    case MAP_SQ: return x * x;
-    case MAP_POW: return pow(fabs(x), p);
-    case MAP_EQ: return fabs(x) == *c;
+    case SERE_RED_X: return x;
+    case SERE_RED_SQDEV: return (x - *c) * (x - *c);
+    case SERE_RED_ABS: case SERE_RED_MAXABS: return fabs(x);
+    case SERE_RED_SQ: return x * x;
+    case SERE_RED_POW: return pow(fabs(x), p);
+    case SERE_RED_EQ: return fabs(x) == *c;
   }
   return 0;
 }
@@ -146,13 +137,13 @@ static inline double map_elem(map_mode m, double x, const double *c, double p) {
 /* f'(x); x is read only by the modes that need it. */
 static inline double dmap_elem(map_mode m, const float *x, const double *c, double p) {
   switch (m) {
-    case MAP_X: return 1;
-    case MAP_SQDEV: return 2 * (*x - *c);
-    case MAP_ABS: return sign_of(*x);
-    case MAP_SQ: return 2.0 * *x;
-    case MAP_POW: return p * sign_of(*x) * pow(fabs(*x), p - 1);
-    case MAP_MAXABS: return fabs(*x) == *c ? sign_of(*x) : 0;
-    case MAP_EQ: return 0;
+    case SERE_RED_X: return 1;
+    case SERE_RED_SQDEV: return 2 * (*x - *c);
+    case SERE_RED_ABS: return sign_of(*x);
+    case SERE_RED_SQ: return 2.0 * *x;
+    case SERE_RED_POW: return p * sign_of(*x) * pow(fabs(*x), p - 1);
+    case SERE_RED_MAXABS: return fabs(*x) == *c ? sign_of(*x) : 0;
+    case SERE_RED_EQ: return 0;
   }
   return 0;
 }
@@ -168,7 +159,7 @@ static inline __attribute__((always_inline)) double row_kernel(map_mode m, const
    * issues the loads in ascending address order; in the mirrored order it
    * read each 512-byte block downwards and the hardware prefetcher kept
    * up with half the bandwidth (a full sum took 2x as long). */
-  if (m == MAP_X)
+  if (m == SERE_RED_X)
     for (; i + 8 * LANES <= n; i += 8 * LANES)
       for (int k = 0; k < LANES; k++) {
         const float *y = x + i + k;
@@ -203,18 +194,18 @@ static inline __attribute__((always_inline)) void col_grad_kernel(map_mode m, co
 
 SERE_WIDE_SIMD static double row_dispatch(map_mode m, const float *x, int64_t n, const double *c, double p) {
   switch (m) {
-    case MAP_X: return row_kernel(MAP_X, x, n, c, p);
-    case MAP_SQDEV: return row_kernel(MAP_SQDEV, x, n, c, p);
-    case MAP_SQ: return row_kernel(MAP_SQ, x, n, c, p);
+    case SERE_RED_X: return row_kernel(SERE_RED_X, x, n, c, p);
+    case SERE_RED_SQDEV: return row_kernel(SERE_RED_SQDEV, x, n, c, p);
+    case SERE_RED_SQ: return row_kernel(SERE_RED_SQ, x, n, c, p);
     default: return row_kernel(m, x, n, c, p);
   }
 }
 
 SERE_WIDE_SIMD static void col_dispatch(map_mode m, const float *x, int64_t n, double *acc, const double *c, double p) {
   switch (m) {
-    case MAP_X: col_kernel(MAP_X, x, n, acc, c, p); break;
-    case MAP_SQDEV: col_kernel(MAP_SQDEV, x, n, acc, c, p); break;
-    case MAP_SQ: col_kernel(MAP_SQ, x, n, acc, c, p); break;
+    case SERE_RED_X: col_kernel(SERE_RED_X, x, n, acc, c, p); break;
+    case SERE_RED_SQDEV: col_kernel(SERE_RED_SQDEV, x, n, acc, c, p); break;
+    case SERE_RED_SQ: col_kernel(SERE_RED_SQ, x, n, acc, c, p); break;
     default: col_kernel(m, x, n, acc, c, p);
   }
 }
@@ -222,8 +213,8 @@ SERE_WIDE_SIMD static void col_dispatch(map_mode m, const float *x, int64_t n, d
 SERE_WIDE_SIMD static void row_grad_dispatch(map_mode m, const float *x, float *gx, int64_t n, double coef,
                                              const double *c, double p) {
   switch (m) {
-    case MAP_SQ: row_grad_kernel(MAP_SQ, x, gx, n, coef, c, p); break;
-    case MAP_SQDEV: row_grad_kernel(MAP_SQDEV, x, gx, n, coef, c, p); break;
+    case SERE_RED_SQ: row_grad_kernel(SERE_RED_SQ, x, gx, n, coef, c, p); break;
+    case SERE_RED_SQDEV: row_grad_kernel(SERE_RED_SQDEV, x, gx, n, coef, c, p); break;
     default: row_grad_kernel(m, x, gx, n, coef, c, p);
   }
 }
@@ -231,8 +222,8 @@ SERE_WIDE_SIMD static void row_grad_dispatch(map_mode m, const float *x, float *
 SERE_WIDE_SIMD static void col_grad_dispatch(map_mode m, const float *x, float *gx, int64_t n, const double *coef,
                               const double *c, double p) {
   switch (m) {
-    case MAP_SQ: col_grad_kernel(MAP_SQ, x, gx, n, coef, c, p); break;
-    case MAP_SQDEV: col_grad_kernel(MAP_SQDEV, x, gx, n, coef, c, p); break;
+    case SERE_RED_SQ: col_grad_kernel(SERE_RED_SQ, x, gx, n, coef, c, p); break;
+    case SERE_RED_SQDEV: col_grad_kernel(SERE_RED_SQDEV, x, gx, n, coef, c, p); break;
     default: col_grad_kernel(m, x, gx, n, coef, c, p);
   }
 }
@@ -254,8 +245,8 @@ typedef struct {
   const void *x;        /* contiguous f32, or i64 when is_int */
   int is_int;           /* exact integer sum into int64 slots */
   map_mode mode;
-  double pw;            /* p of MAP_POW */
-  const double *center; /* per output (MAP_SQDEV, MAP_EQ, MAP_MAXABS backward) */
+  double pw;            /* p of SERE_RED_POW */
+  const double *center; /* per output (SERE_RED_SQDEV, SERE_RED_EQ, SERE_RED_MAXABS backward) */
   float *grad;          /* backward: write gx here instead of accumulating */
   const double *coef;   /* backward: per-output coefficient */
 } reduction;
@@ -439,13 +430,13 @@ typedef enum { RED_SUM, RED_MEAN, RED_VAR, RED_STD, RED_NORM } red_kind;
 static const char *const red_names[] = {"sum", "mean", "var", "std", "norm"};
 
 static map_mode norm_mode(double p) {
-  return p == 1 ? MAP_ABS : p == 2 ? MAP_SQ : isinf(p) ? MAP_MAXABS : MAP_POW;
+  return p == 1 ? SERE_RED_ABS : p == 2 ? SERE_RED_SQ : isinf(p) ? SERE_RED_MAXABS : SERE_RED_POW;
 }
 
 /* Forward values of a float reduction: acc finalised in place. x is
  * contiguous f32. Returns the malloc'ed values or NULL. */
 static double *reduce_values(const sere_tensor *x, uint32_t mask, red_kind kind, double p, int correction, plan *pl) {
-  map_mode mode = kind == RED_NORM ? norm_mode(p) : MAP_X;
+  map_mode mode = kind == RED_NORM ? norm_mode(p) : SERE_RED_X;
   double *v = float_accumulate(x, mask, mode, p, NULL, pl);
   if (!v) return NULL;
   int64_t nout = pl->nblocks * pl->cols;
@@ -453,16 +444,97 @@ static double *reduce_values(const sere_tensor *x, uint32_t mask, red_kind kind,
   if (kind == RED_MEAN || kind == RED_VAR || kind == RED_STD)
     for (int64_t i = 0; i < nout; i++) v[i] /= n;
   if (kind == RED_VAR || kind == RED_STD) {
-    double *ss = float_accumulate(x, mask, MAP_SQDEV, 0, v, pl);
+    double *ss = float_accumulate(x, mask, SERE_RED_SQDEV, 0, v, pl);
     if (!ss) { free(v); return NULL; }
     double div = n - correction > 0 ? n - correction : 0;
     for (int64_t i = 0; i < nout; i++) v[i] = kind == RED_STD ? sqrt(ss[i] / div) : ss[i] / div;
     free(ss);
   }
-  if (mode == MAP_SQ) for (int64_t i = 0; i < nout; i++) v[i] = sqrt(v[i]);
-  if (mode == MAP_POW) for (int64_t i = 0; i < nout; i++) v[i] = pow(v[i], 1 / p);
+  if (mode == SERE_RED_SQ) for (int64_t i = 0; i < nout; i++) v[i] = sqrt(v[i]);
+  if (mode == SERE_RED_POW) for (int64_t i = 0; i < nout; i++) v[i] = pow(v[i], 1 / p);
   return v;
 }
+
+#ifdef SERE_WITH_CUDA
+/* ---- the same on the GPU (kernels/reduce.cu) ------------------------- */
+/* n doubles of device scratch: per-output centres, tie counts, coefficients. */
+static double *cuda_doubles(int64_t n) { return sere_cuda_alloc((size_t)(n + 1) * sizeof(double), 0); }
+static void cuda_doubles_free(double *p, int64_t n) {
+  if (p) sere_cuda_free(p, (size_t)(n + 1) * sizeof(double));
+}
+
+/* reduce_values into `out`, a device tensor of the output's shape and
+ * dtype; x is contiguous f32 on the device. */
+static int cuda_reduce_values(const sere_tensor *x, uint32_t mask, red_kind kind, double p, int correction,
+                              sere_tensor *out) {
+  plan pl;
+  plan_build(&pl, x->ndim, x->shape, mask);
+  double n = (double)pl.count;
+  if (kind == RED_VAR || kind == RED_STD) {
+    int64_t nout = pl.nblocks * pl.cols;
+    double *mean = cuda_doubles(nout), div = n - correction > 0 ? n - correction : 0;
+    int rc = !mean ||
+             sere_cuda_reduce(&pl, sere_data(x), SERE_RED_X, 0, NULL, n, SERE_POST_NONE, NULL, SERE_F32, mean) ||
+             sere_cuda_reduce(&pl, sere_data(x), SERE_RED_SQDEV, 0, mean, div,
+                              kind == RED_STD ? SERE_POST_SQRT : SERE_POST_NONE, sere_data(out), out->dtype, NULL);
+    cuda_doubles_free(mean, nout);
+    return rc ? -1 : 0;
+  }
+  map_mode mode = kind == RED_NORM ? norm_mode(p) : SERE_RED_X;
+  sere_reduce_post post = mode == SERE_RED_SQ    ? SERE_POST_SQRT
+                          : mode == SERE_RED_POW ? SERE_POST_ROOT_P
+                                                 : SERE_POST_NONE;
+  return sere_cuda_reduce(&pl, sere_data(x), mode, p, NULL, kind == RED_MEAN ? n : 1, post, sere_data(out),
+                          out->dtype, NULL);
+}
+
+/* reduce_backward for mean, var, std and norm of a device tensor: the
+ * per-output coefficients, then gx = coef * f'(x) in one pass. */
+static int reduce_backward_cuda(sere_node *n, sere_tensor *g, sere_tensor **gi) {
+  const sere_edge *e = &n->edges[0];
+  uint32_t mask = (uint32_t)n->ints[0];
+  red_kind kind = (red_kind)n->ints[1];
+  double p = n->scalars[0];
+  plan pl;
+  plan_build(&pl, e->ndim, e->shape, mask);
+  int64_t nout = pl.nblocks * pl.cols;
+  double cnt = (double)pl.count, div = cnt - (double)n->ints[2] > 0 ? cnt - (double)n->ints[2] : 0;
+  map_mode mode = kind == RED_MEAN ? SERE_RED_X : kind == RED_NORM ? norm_mode(p) : SERE_RED_SQDEV;
+  sere_tensor *in = NULL, *y = NULL; /* saved input and output (all but mean) */
+  if (kind != RED_MEAN && (!(in = sere_node_saved(n, 0)) || !(y = sere_node_saved(n, 1)))) return -1;
+  sere_tensor *x = in ? sere_as_contiguous_dtype(in, SERE_F32) : NULL;
+  sere_tensor *yf = y ? sere_as_contiguous_dtype(y, SERE_F32) : NULL, *gf = sere_as_contiguous_dtype(g, SERE_F32);
+  sere_tensor *gx = sere_tensor_new_uninit_on(SERE_CUDA, SERE_F32, e->ndim, e->shape);
+  double *coef = cuda_doubles(nout), *center = NULL, *ties = NULL;
+  int rc = -1;
+  if ((in && !x) || (y && !yf) || !gf || !gx || !coef) goto done;
+  if (mode == SERE_RED_SQDEV) { /* centre: the mean */
+    if (!(center = cuda_doubles(nout)) ||
+        sere_cuda_reduce(&pl, sere_data(x), SERE_RED_X, 0, NULL, cnt, SERE_POST_NONE, NULL, SERE_F32, center))
+      goto done;
+  } else if (mode == SERE_RED_MAXABS) { /* centre: the norm, exactly; ties share the gradient */
+    if (!(center = cuda_doubles(nout)) || !(ties = cuda_doubles(nout)) ||
+        sere_cuda_reduce(&pl, sere_data(x), SERE_RED_MAXABS, 0, NULL, 1, SERE_POST_NONE, NULL, SERE_F32, center) ||
+        sere_cuda_reduce(&pl, sere_data(x), SERE_RED_EQ, 0, center, 1, SERE_POST_NONE, NULL, SERE_F32, ties))
+      goto done;
+  }
+  if (sere_cuda_reduce_coefs(nout, mode, kind == RED_STD, kind == RED_MEAN ? cnt : div, p, sere_data(gf),
+                             yf ? sere_data(yf) : NULL, ties, coef) ||
+      sere_cuda_reduce_grad(&pl, sere_numel(gx), mode, p, x ? sere_data(x) : NULL, coef, center, sere_data(gx)))
+    goto done;
+  rc = (gi[0] = sere_grad_as(gx, e->dtype)) ? 0 : -1;
+  gx = NULL;
+done:
+  cuda_doubles_free(coef, nout);
+  cuda_doubles_free(center, nout);
+  cuda_doubles_free(ties, nout);
+  sere_tensor_release(gx);
+  sere_tensor_release(gf);
+  sere_tensor_release(yf);
+  sere_tensor_release(x);
+  return rc;
+}
+#endif
 
 /* The output gradient g broadcast back over the reduced dims (a view). */
 static sere_tensor *expand_grad(sere_tensor *g, const sere_edge *e, uint32_t mask) {
@@ -488,21 +560,21 @@ static double *grad_coefs(const sere_node *n, const sere_tensor *x, const float 
   double *coef = malloc((size_t)(nout + 1) * sizeof *coef), *ties = NULL;
   *center = NULL;
   if (!coef) return sere_fail("%s backward: out of memory", n->name);
-  if (mode == MAP_SQDEV) { /* centre: the mean */
-    if (!(*center = float_accumulate(x, mask, MAP_X, 0, NULL, &unused))) goto fail;
+  if (mode == SERE_RED_SQDEV) { /* centre: the mean */
+    if (!(*center = float_accumulate(x, mask, SERE_RED_X, 0, NULL, &unused))) goto fail;
     for (int64_t i = 0; i < nout; i++) (*center)[i] /= cnt;
-  } else if (mode == MAP_MAXABS) { /* centre: the norm; ties share the gradient */
+  } else if (mode == SERE_RED_MAXABS) { /* centre: the norm; ties share the gradient */
     if (!(*center = malloc((size_t)(nout + 1) * sizeof **center))) goto fail;
     for (int64_t i = 0; i < nout; i++) (*center)[i] = yv[i];
-    if (!(ties = float_accumulate(x, mask, MAP_EQ, 0, *center, &unused))) goto fail;
+    if (!(ties = float_accumulate(x, mask, SERE_RED_EQ, 0, *center, &unused))) goto fail;
   }
   for (int64_t i = 0; i < nout; i++) {
     double c = gv[i];
     switch (mode) {
-      case MAP_SQDEV: c = kind == RED_VAR ? c / div : c / (2 * div * yv[i]); break;
-      case MAP_SQ: c = yv[i] != 0 ? c / (2 * yv[i]) : 0; break;
-      case MAP_POW: c = yv[i] != 0 ? c * pow(yv[i], 1 - p) / p : 0; break;
-      case MAP_MAXABS: c = ties[i] > 0 ? c / ties[i] : 0; break;
+      case SERE_RED_SQDEV: c = kind == RED_VAR ? c / div : c / (2 * div * yv[i]); break;
+      case SERE_RED_SQ: c = yv[i] != 0 ? c / (2 * yv[i]) : 0; break;
+      case SERE_RED_POW: c = yv[i] != 0 ? c * pow(yv[i], 1 - p) / p : 0; break;
+      case SERE_RED_MAXABS: c = ties[i] > 0 ? c / ties[i] : 0; break;
       default: break;
     }
     coef[i] = c;
@@ -542,10 +614,13 @@ static int reduce_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
     gi[0] = expand_grad(g, e, mask);
     return gi[0] ? 0 : -1;
   }
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(g) == SERE_CUDA) return reduce_backward_cuda(n, g, gi);
+#endif
   if (kind == RED_MEAN) return mean_backward(n, g, gi);
   sere_tensor *in = sere_node_saved(n, 0), *y = sere_node_saved(n, 1);
   if (!in || !y) return -1;
-  reduction r = {.mode = kind == RED_NORM ? norm_mode(n->scalars[0]) : MAP_SQDEV, .pw = n->scalars[0]};
+  reduction r = {.mode = kind == RED_NORM ? norm_mode(n->scalars[0]) : SERE_RED_SQDEV, .pw = n->scalars[0]};
   plan_build(&r.p, e->ndim, e->shape, mask);
   sere_tensor *x = sere_as_contiguous_dtype(in, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
   sere_tensor *yf = sere_as_contiguous_dtype(y, SERE_F32);
@@ -581,14 +656,24 @@ static sere_tensor *float_reduction(red_kind kind, sere_tensor *t, int ndims, co
     return sere_fail("%s: correction must be >= 0, got %d", op, correction);
   int64_t shape[SERE_MAX_DIMS];
   int nd = out_shape(t, mask, keepdim, shape);
-  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
+  sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32), *out = NULL;
   if (!x) return NULL;
-  plan pl;
-  double *v = reduce_values(x, mask, kind, p, correction, &pl);
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) {
+    out = sere_tensor_new_uninit_on(SERE_CUDA, t->dtype, nd, shape);
+    if (out && cuda_reduce_values(x, mask, kind, p, correction, out)) {
+      sere_tensor_release(out);
+      out = NULL;
+    }
+  } else
+#endif
+  {
+    plan pl;
+    double *v = reduce_values(x, mask, kind, p, correction, &pl);
+    if (v) out = tensor_from_doubles(v, nd, shape, t->dtype);
+    free(v);
+  }
   sere_tensor_release(x);
-  if (!v) return NULL;
-  sere_tensor *out = tensor_from_doubles(v, nd, shape, t->dtype);
-  free(v);
   if (!out || !sere_needs_grad(1, &t)) return out;
   sere_node *n = sere_node_new(op, reduce_backward, 1, &t);
   if (n) sere_attach(out, n);
@@ -609,10 +694,15 @@ static sere_tensor *int_sum(sere_tensor *t, uint32_t mask, int keepdim) {
   int64_t shape[SERE_MAX_DIMS];
   int nd = out_shape(t, mask, keepdim, shape);
   sere_tensor *x = sere_as_contiguous_dtype(t, SERE_I64);
-  sere_tensor *out = sere_tensor_new_uninit(SERE_I64, nd, shape);
+  sere_tensor *out = sere_tensor_new_uninit_on(sere_device_of(t), SERE_I64, nd, shape);
   if (!x || !out) goto fail;
   reduction r = {.x = sere_data(x), .is_int = 1};
   plan_build(&r.p, x->ndim, x->shape, mask);
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) {
+    if (sere_cuda_sum_i64(&r.p, sere_data(x), sere_data(out))) goto fail;
+  } else
+#endif
   if (reduction_run(&r, out->storage->data)) goto fail;
   sere_tensor_release(x);
   return out;
@@ -660,14 +750,26 @@ sere_tensor *sere_sum_to(sere_tensor *t, int ndim, const int64_t *shape) {
   }
   sere_dtype d = sere_dtype_is_float(t->dtype) ? t->dtype : SERE_F32;
   if (mask == 0) {
-    sere_tensor *out = sere_tensor_new_uninit(d, ndim, shape);
+    sere_tensor *out = sere_tensor_new_uninit_on(sere_device_of(t), d, ndim, shape);
     if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
     return out;
   }
   sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
   if (!x) return NULL;
   plan pl;
-  double *v = float_accumulate(x, mask, MAP_X, 0, NULL, &pl);
+#ifdef SERE_WITH_CUDA
+  if (sere_device_of(t) == SERE_CUDA) {
+    plan_build(&pl, x->ndim, x->shape, mask);
+    sere_tensor *out = sere_tensor_new_uninit_on(SERE_CUDA, d, ndim, shape);
+    if (out && sere_cuda_reduce(&pl, sere_data(x), SERE_RED_X, 0, NULL, 1, SERE_POST_NONE, sere_data(out), d, NULL)) {
+      sere_tensor_release(out);
+      out = NULL;
+    }
+    sere_tensor_release(x);
+    return out;
+  }
+#endif
+  double *v = float_accumulate(x, mask, SERE_RED_X, 0, NULL, &pl);
   sere_tensor_release(x);
   if (!v) return NULL;
   sere_tensor *out = tensor_from_doubles(v, ndim, shape, d);

@@ -20,11 +20,17 @@
  * The teacher and the centre are constants (the method detaches them).
  * Sums run in f32 within a chunk and in double across chunks. The row
  * loops are all exp: they are compiled for AVX-512 and AVX2 too
- * (SERE_WIDE_SIMD), 4-8x faster than SSE2 alone. */
+ * (SERE_WIDE_SIMD), 4-8x faster than SSE2 alone.
+ *
+ * CUDA tensors run the same formulas in kernels/soft_cross_entropy.cu (one
+ * block per row, streaming over K) on contiguous f32 device copies. */
 #include <math.h>
 
 #include "ops.h"
 #include "vecmath.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/soft_cross_entropy.h"
+#endif
 
 #define SHAPE_BUF 160
 #define CHUNK 256
@@ -113,9 +119,17 @@ SERE_WIDE_SIMD static void row_backward(const temps *tp, const float *s, const f
   }
 }
 
-/* Row-parallel driver: forward (loss != NULL) or backward (g, gs). */
-static void run_rows(const temps *tp, const float *s, const float *t, int64_t rows, int64_t k, float *stats,
-                     float *loss, const float *g, float *gs) {
+/* Row-parallel driver: forward (loss != NULL) or backward (g, gs), on the
+ * device the pointers are on. */
+static int run_rows(sere_device_type dev, const temps *tp, const float *s, const float *t, int64_t rows, int64_t k,
+                    float *stats, float *loss, const float *g, float *gs) {
+  if (dev == SERE_CUDA) {
+#ifdef SERE_WITH_CUDA
+    return loss ? sere_cuda_soft_cross_entropy_forward(s, t, tp->center, rows, k, tp->inv_ts, tp->inv_tt, loss, stats)
+                : sere_cuda_soft_cross_entropy_backward(s, t, tp->center, stats, g, rows, k, tp->inv_ts, tp->inv_tt,
+                                                        gs);
+#endif
+  }
 #pragma omp parallel for schedule(static) if (rows * k >= PARALLEL_MIN)
   for (int64_t i = 0; i < rows; i++) {
     if (loss)
@@ -123,17 +137,18 @@ static void run_rows(const temps *tp, const float *s, const float *t, int64_t ro
     else
       row_backward(tp, s + i * k, t + i * k, k, stats + 4 * i, g[i], gs + i * k);
   }
+  return 0;
 }
 
 /* A private f32 copy of the centre as [K] (a size-1 last dim broadcast;
  * zeros without a centre): the loss's backward needs the centre of its
  * forward, and the method updates the centre buffer in place before
  * backward runs. */
-static sere_tensor *center_vector(sere_tensor *c, int64_t k) {
-  if (!c) return sere_tensor_new(SERE_F32, 1, &k);
+static sere_tensor *center_vector(sere_tensor *c, int64_t k, sere_device_type dev) {
+  if (!c) return sere_tensor_new_on(dev, SERE_F32, 1, &k);
   int64_t stride = c->ndim && c->shape[c->ndim - 1] != 1 ? c->stride[c->ndim - 1] : 0;
   sere_tensor *e = sere_tensor_view_of(c, 1, &k, &stride, c->offset);
-  sere_tensor *v = e ? sere_tensor_new_uninit(SERE_F32, 1, &k) : NULL;
+  sere_tensor *v = e ? sere_tensor_new_uninit_on(dev, SERE_F32, 1, &k) : NULL;
   if (v && sere_copy_raw(v, e)) {
     sere_tensor_release(v);
     v = NULL;
@@ -153,12 +168,14 @@ static int soft_ce_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   int64_t k = e->shape[e->ndim - 1], rows = k ? sere_numel_raw(e->ndim, e->shape) / k : 0;
   sere_tensor *sf = sere_as_contiguous_dtype(s, SERE_F32), *tf = sf ? sere_as_contiguous_dtype(t, SERE_F32) : NULL;
   sere_tensor *gf = tf ? sere_as_contiguous_dtype(g, SERE_F32) : NULL;
-  sere_tensor *gs = gf ? sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape) : NULL;
+  sere_device_type dev = sere_device_of(s);
+  sere_tensor *gs = gf ? sere_tensor_new_uninit_on(dev, SERE_F32, e->ndim, e->shape) : NULL;
   int rc = -1;
-  if (gs) {
+  if (gs && !sere_common_device("soft_cross_entropy backward", &dev, 2, (sere_tensor *[]){s, g})) {
     temps tp = {(float)(1.0 / n->scalars[0]), (float)(1.0 / n->scalars[1]), sere_data(c)};
-    run_rows(&tp, sere_data(sf), sere_data(tf), rows, k, sere_data(stats), NULL, sere_data(gf), gs->storage->data);
-    rc = (gi[0] = sere_as_contiguous_dtype(gs, e->dtype)) ? 0 : -1;
+    if (!run_rows(dev, &tp, sere_data(sf), sere_data(tf), rows, k, sere_data(stats), NULL, sere_data(gf),
+                  gs->storage->data))
+      rc = (gi[0] = sere_as_contiguous_dtype(gs, e->dtype)) ? 0 : -1;
   }
   sere_tensor_release(sf);
   sere_tensor_release(tf);
@@ -210,18 +227,21 @@ static int check_args(sere_tensor *s, sere_tensor *t, sere_tensor *c, double ts,
 sere_tensor *sere_soft_cross_entropy(sere_tensor *student, sere_tensor *teacher, sere_tensor *center,
                                      double student_temp, double teacher_temp) {
   if (check_args(student, teacher, center, student_temp, teacher_temp)) return NULL;
+  sere_device_type dev;
+  if (sere_common_device("soft_cross_entropy", &dev, 3, (sere_tensor *[]){student, teacher, center})) return NULL;
   int nd = student->ndim;
   int64_t k = student->shape[nd - 1], rows = k ? sere_numel(student) / k : sere_numel_raw(nd - 1, student->shape);
   sere_tensor *s = sere_as_contiguous_dtype(student, SERE_F32);
   sere_tensor *t = s ? sere_as_contiguous_dtype(teacher, SERE_F32) : NULL;
-  sere_tensor *c = t ? center_vector(center, k) : NULL;
-  sere_tensor *loss = c ? sere_tensor_new_uninit(SERE_F32, nd - 1, student->shape) : NULL;
-  sere_tensor *stats = loss ? sere_tensor_new_uninit(SERE_F32, 2, (int64_t[]){rows, 4}) : NULL;
+  sere_tensor *c = t ? center_vector(center, k, dev) : NULL;
+  sere_tensor *loss = c ? sere_tensor_new_uninit_on(dev, SERE_F32, nd - 1, student->shape) : NULL;
+  sere_tensor *stats = loss ? sere_tensor_new_uninit_on(dev, SERE_F32, 2, (int64_t[]){rows, 4}) : NULL;
   sere_tensor *out = NULL;
   if (stats) {
     temps tp = {(float)(1.0 / student_temp), (float)(1.0 / teacher_temp), sere_data(c)};
-    run_rows(&tp, sere_data(s), sere_data(t), rows, k, stats->storage->data, loss->storage->data, NULL, NULL);
-    out = sere_as_contiguous_dtype(loss, student->dtype);
+    if (!run_rows(dev, &tp, sere_data(s), sere_data(t), rows, k, stats->storage->data, loss->storage->data, NULL,
+                  NULL))
+      out = sere_as_contiguous_dtype(loss, student->dtype);
   }
   sere_tensor_release(s);
   sere_tensor_release(t);

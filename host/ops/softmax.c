@@ -13,11 +13,16 @@
  *
  * Backward needs only the saved output y:
  *   softmax:      gx = y * (g - sum(g * y))
- *   log_softmax:  gx = g - exp(y) * sum(g)                                  */
+ *   log_softmax:  gx = g - exp(y) * sum(g)
+ *
+ * CUDA tensors run the same lines in kernels/softmax.cu.                    */
 #include <math.h>
 
 #include "ops.h"
 #include "vecmath.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/softmax.h"
+#endif
 
 #define PARALLEL_MIN 32768
 #define COLS 256 /* columns per slab in the strided path */
@@ -120,16 +125,30 @@ SERE_WIDE_SIMD static void softmax_cols_backward(const float *g, const float *y,
   }
 }
 
+/* A tensor of `shape` as [outer, n, inner] around dim d. */
+static void line_geometry(int ndim, const int64_t *shape, int d, int64_t *outer, int64_t *n, int64_t *inner) {
+  *n = ndim ? shape[d] : 1;
+  *outer = *inner = 1;
+  for (int i = 0; i < d; i++) *outer *= shape[i];
+  for (int i = d + 1; i < ndim; i++) *inner *= shape[i];
+}
+
 /* Runs the forward (a = x, out = y; b unused) or the backward (a = g,
- * b = y, out = gx) over every line of a tensor of `shape` along dim d. */
-static void run_lines(int ndim, const int64_t *shape, int d, const float *a, const float *b, float *out, int log,
-                      int backward) {
-  int64_t n = ndim ? shape[d] : 1, inner = 1, outer = 1;
-  for (int i = 0; i < d; i++) outer *= shape[i];
-  for (int i = d + 1; i < ndim; i++) inner *= shape[i];
+ * b = y, out = gx) over every line of a contiguous f32 tensor of `shape`
+ * along dim d, on the tensors' device. 0 or -1. */
+static int run_lines(int ndim, const int64_t *shape, int d, const float *a, const float *b, float *out, int log,
+                     int backward, sere_device_type dev) {
+  int64_t n, inner, outer;
+  line_geometry(ndim, shape, d, &outer, &n, &inner);
+#ifdef SERE_WITH_CUDA
+  if (dev == SERE_CUDA)
+    return backward ? sere_cuda_softmax_backward(a, b, out, outer, n, inner, log)
+                    : sere_cuda_softmax(a, out, outer, n, inner, log);
+#endif
+  (void)dev;
   int64_t slabs = (inner + COLS - 1) / COLS, ntasks = outer * slabs;
   int par = outer * n * inner >= PARALLEL_MIN;
-  if (n == 0) return;
+  if (n == 0) return 0;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t t = 0; t < ntasks; t++) {
     int64_t o = t / slabs, c0 = t % slabs * COLS, w = inner - c0 < COLS ? inner - c0 : COLS;
@@ -142,6 +161,7 @@ static void run_lines(int ndim, const int64_t *shape, int d, const float *a, con
       else softmax_cols(a + off, out + off, n, inner, w, log);
     }
   }
+  return 0;
 }
 
 /* ints: dim, log. saved: the output (a detached alias). */
@@ -150,9 +170,12 @@ static int softmax_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   sere_tensor *y = sere_node_saved(n, 0);
   if (!y) return -1;
   sere_tensor *yf = sere_as_contiguous_dtype(y, SERE_F32), *gf = sere_as_contiguous_dtype(g, SERE_F32);
-  sere_tensor *gx = yf && gf ? sere_tensor_new_uninit(SERE_F32, e->ndim, e->shape) : NULL;
-  if (gx)
-    run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(gf), sere_data(yf), sere_data(gx), (int)n->ints[1], 1);
+  sere_tensor *gx = yf && gf ? sere_tensor_new_uninit_like(yf, SERE_F32) : NULL;
+  if (gx && run_lines(e->ndim, e->shape, (int)n->ints[0], sere_data(gf), sere_data(yf), sere_data(gx), (int)n->ints[1],
+                      1, sere_device_of(gx))) {
+    sere_tensor_release(gx);
+    gx = NULL;
+  }
   sere_tensor_release(yf);
   sere_tensor_release(gf);
   return (gi[0] = sere_grad_as(gx, e->dtype)) ? 0 : -1;
@@ -167,11 +190,10 @@ static sere_tensor *softmax_impl(sere_tensor *t, int dim, int log) {
                      sere_dtype_name(t->dtype), sere_shape_str(t, a, sizeof a));
   if (sere_wrap_dim(dim, t->ndim, op, &d)) return NULL;
   sere_tensor *x = sere_as_contiguous_dtype(t, SERE_F32);
-  sere_tensor *y = x ? sere_tensor_new_uninit(SERE_F32, t->ndim, t->shape) : NULL;
-  if (!y) { sere_tensor_release(x); return NULL; }
-  run_lines(t->ndim, t->shape, d, sere_data(x), NULL, sere_data(y), log, 0);
+  sere_tensor *y = x ? sere_tensor_new_uninit_like(t, SERE_F32) : NULL;
+  int rc = y ? run_lines(t->ndim, t->shape, d, sere_data(x), NULL, sere_data(y), log, 0, sere_device_of(t)) : -1;
   sere_tensor_release(x);
-  sere_tensor *out = sere_as_contiguous_dtype(y, t->dtype);
+  sere_tensor *out = rc ? NULL : sere_as_contiguous_dtype(y, t->dtype);
   sere_tensor_release(y);
   if (!out || !sere_needs_grad(1, &t)) return out;
   sere_node *n = sere_node_new(op, softmax_backward, 1, &t);

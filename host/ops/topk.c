@@ -7,11 +7,17 @@
  * in PyTorch), an integer is its own key, and smallest-first selection
  * flips the key (~key) while keeping NaN on top. Each line keeps a heap of
  * its k best elements with the worst at the root (O(n log k)); among equal
- * keys the lower index wins, so max/min report the first extremum. */
+ * keys the lower index wins, so max/min report the first extremum.
+ *
+ * On CUDA tensors k = 1 (max, min, argmax, argmin) runs as a reduction in
+ * kernels/reduce.cu with the same order; larger k is CPU-only for now. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef SERE_WITH_CUDA
+#include "../../kernels/reduce.h"
+#endif
 
 #define PARALLEL_MIN 32768
 
@@ -93,6 +99,26 @@ static void select_line(const void *x, int is_float, int64_t start, int64_t stri
   }
 }
 
+#ifdef SERE_WITH_CUDA
+/* The reduction plan (kernels/reduce.h) of a top-1 over R along [outer, R, C]. */
+static sere_reduce_plan line_plan(int64_t outer, int64_t R, int64_t C) {
+  sere_reduce_plan p;
+  memset(&p, 0, sizeof p);
+  p.nkeep = outer > 1;
+  p.ksize[0] = outer;
+  p.kstride[0] = R * C;
+  p.nblocks = outer;
+  p.count = R;
+  p.inner_reduced = C == 1;
+  p.inner = C == 1 ? R : C;
+  p.cols = C;
+  p.nred = C > 1 && R > 1;
+  p.rsize[0] = R;
+  p.rstride[0] = C;
+  return p;
+}
+#endif
+
 /* Scatters g back to the selected positions. ints: dim, base. saved: indices. */
 static int topk_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   const sere_edge *e = &n->edges[0];
@@ -104,7 +130,15 @@ static int topk_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
   for (int i = d + 1; i < e->ndim; i++) C *= e->shape[i];
   int64_t O = C > 0 && k > 0 ? sere_numel(g) / (C * k) : 0;
   sere_tensor *gf = sere_as_contiguous_dtype(g, SERE_F32), *ic = sere_contiguous_raw(ix);
-  sere_tensor *gx = gf && ic ? sere_tensor_new(SERE_F32, e->ndim, e->shape) : NULL; /* zeros: g is scattered in */
+  sere_tensor *gx = gf && ic ? sere_tensor_new_on(sere_device_of(gf), SERE_F32, e->ndim, e->shape) : NULL; /* zeros */
+#ifdef SERE_WITH_CUDA
+  if (gx && sere_device_of(gx) == SERE_CUDA) {
+    if (sere_cuda_topk_scatter(sere_data(gf), sere_data(ic), base, O, k, R, C, sere_data(gx))) {
+      sere_tensor_release(gx);
+      gx = NULL;
+    }
+  } else
+#endif
   if (gx) {
     const float *gv = sere_data(gf);
     const int64_t *iv = sere_data(ic);
@@ -133,13 +167,16 @@ int sere_topk(sere_tensor *t, int64_t k, int dim, int largest, int sorted, int64
               (long long)R, sere_shape_str(t, a, sizeof a));
     return -1;
   }
+  if (k > 1 && sere_require_cpu("topk with k > 1", 1, &t)) return -1;
   int64_t shape[SERE_MAX_DIMS];
   int nd = t->ndim ? t->ndim : k != 1;
   memcpy(shape, t->shape, sizeof shape);
   shape[d] = k;
   int is_float = sere_dtype_is_float(t->dtype);
   sere_tensor *x = sere_as_contiguous_dtype(t, is_float ? SERE_F32 : SERE_I64);
-  sere_tensor *v = sere_tensor_new_uninit(t->dtype, nd, shape), *ix = sere_tensor_new_uninit(SERE_I64, nd, shape);
+  sere_device_type dev = sere_device_of(t);
+  sere_tensor *v = sere_tensor_new_uninit_on(dev, t->dtype, nd, shape);
+  sere_tensor *ix = sere_tensor_new_uninit_on(dev, SERE_I64, nd, shape);
   if (!x || !v || !ix) goto fail;
   int64_t C = 1;
   for (int i = d + 1; i < t->ndim; i++) C *= t->shape[i];
@@ -147,27 +184,37 @@ int sere_topk(sere_tensor *t, int64_t k, int dim, int largest, int sorted, int64
   const void *xd = sere_data(x);
   int64_t *iv = ix->storage->data;
   int oom = 0;
+#ifdef SERE_WITH_CUDA
+  if (dev == SERE_CUDA) {
+    if (lines && k == 1) { /* k == 0: nothing to select */
+      sere_reduce_plan pl = line_plan(lines / C, R, C);
+      if (sere_cuda_select1(&pl, xd, x->dtype, largest, base, sere_data(v), t->dtype, iv)) goto fail;
+    }
+  } else
+#endif
+  { /* the CPU: a heap per line */
 #pragma omp parallel if (lines * R >= PARALLEL_MIN && lines > 1)
-  {
-    entry *h = malloc((size_t)(k + 1) * sizeof *h);
-    if (!h) {
+    {
+      entry *h = malloc((size_t)(k + 1) * sizeof *h);
+      if (!h) {
 #pragma omp atomic write
-      oom = 1;
-    }
-#pragma omp for schedule(static)
-    for (int64_t line = 0; line < lines; line++) {
-      if (!h) continue;
-      int64_t o = line / C, c = line % C;
-      select_line(xd, is_float, o * R * C + c, C, R, k, largest, sorted, h);
-      for (int64_t j = 0; j < k; j++) {
-        int64_t at = (o * k + j) * C + c, src = (o * R + h[j].idx) * C + c;
-        iv[at] = h[j].idx + base;
-        if (t->dtype == SERE_F32) ((float *)v->storage->data)[at] = ((const float *)xd)[src];
-        else if (t->dtype == SERE_I64) ((int64_t *)v->storage->data)[at] = ((const int64_t *)xd)[src];
-        else sere_store_linear(v->storage->data, t->dtype, at, sere_load_linear(xd, x->dtype, src));
+        oom = 1;
       }
+#pragma omp for schedule(static)
+      for (int64_t line = 0; line < lines; line++) {
+        if (!h) continue;
+        int64_t o = line / C, c = line % C;
+        select_line(xd, is_float, o * R * C + c, C, R, k, largest, sorted, h);
+        for (int64_t j = 0; j < k; j++) {
+          int64_t at = (o * k + j) * C + c, src = (o * R + h[j].idx) * C + c;
+          iv[at] = h[j].idx + base;
+          if (t->dtype == SERE_F32) ((float *)v->storage->data)[at] = ((const float *)xd)[src];
+          else if (t->dtype == SERE_I64) ((int64_t *)v->storage->data)[at] = ((const int64_t *)xd)[src];
+          else sere_store_linear(v->storage->data, t->dtype, at, sere_load_linear(xd, x->dtype, src));
+        }
+      }
+      free(h);
     }
-    free(h);
   }
   if (oom) {
     sere_fail("topk: out of memory for k = %lld", (long long)k);

@@ -232,6 +232,7 @@ function eval.extract(backbone, dataset, size, opts)
   if n == 0 then error("eval.extract: the dataset is empty", 2) end
   local was_training = backbone.training
   backbone:eval()
+  local device = backbone:parameters()[1]:device() -- images go where the network is; features come back
   local feats, labels = nil, {}
   local ok, err = pcall(sere.no_grad, function()
     local views = sere.empty(batch, 3, size, size)
@@ -247,7 +248,7 @@ function eval.extract(backbone, dataset, size, opts)
         end
         labels[i] = dataset:label(i)
       end
-      local tokens = backbone:get_intermediate_layers(views:narrow(1, 1, count), 1)[1]
+      local tokens = backbone:get_intermediate_layers(views:narrow(1, 1, count):to(device), 1)[1]
       local cls = sere.normalize(tokens:select(2, 1), -1, 1e-12)
       feats = feats or sere.empty(n, cls:shape()[2])
       feats:narrow(1, first, count):copy_(cls)

@@ -390,7 +390,7 @@ function DropPath:forward(x)
   if self.keep_fn then
     keep = self.keep_fn(shape)
   else
-    keep = (sere.rand(shape, {generator = self.generator}) + (1 - self.p)):floor()
+    keep = (sere.rand(shape, {generator = self.generator, device = x:device()}) + (1 - self.p)):floor()
   end
   return x * keep / (1 - self.p)
 end

@@ -58,7 +58,7 @@ function objective.compute(student, teacher, batch, state, cfg)
     state.center2, cfg.teacher_patch_temp, ts)
   terms.ibot = terms.cls * (cfg.lambda1 or 1) + terms.mim * (cfg.lambda2 or 1)
   -- a relation whose weight is 0 (an ablation) is not computed at all
-  local zero = sere.zeros({})
+  local zero = sere.zeros({}, {device = terms.cls:device()})
   if cfg.alpha ~= 0 then
     terms.pixel, terms.pixel_terms = loss.pixel_loss_from_features({
       teacher_z = t_out.pixel.z, student_p = s_out.pixel.p, student_local_p = l_out and l_out.pixel.p,

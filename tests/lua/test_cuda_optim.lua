@@ -81,13 +81,14 @@ check("optim.update on a model, cpu vs cuda", function()
     return m
   end
   local results = {}
+  local input = P.randn({5, 33})
   for _, dev in ipairs({"cpu", "cuda"}) do
     local student, teacher = model(1), model(1)
     if dev == "cuda" then student:to("cuda"); teacher:to("cuda") end
     local opt = optim.AdamW(optim.param_groups(student))
     local ema = optim.EMA(student, teacher)
     opt:set_lr_wd(1e-2, 0.04)
-    local x = P.randn({5, 33}):to(dev)
+    local x = input:to(dev)
     for _ = 1, 3 do
       student:forward(x):square():sum():backward()
       optim.update{optimizer = opt, student = student, ema = ema, momentum = 0.99, clip_grad = 0.3}

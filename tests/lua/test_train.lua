@@ -177,9 +177,10 @@ T.test("eval.extract: normalised class tokens, one per image, labels in order", 
   local img = sere.augment_normalize(sere.augment_resize(sere.image_load(ds:path(5)), {0, 0, 24, 24}, 16, 16))
   local want = sere.no_grad(function()
     full.teacher.backbone:eval()
-    local out = full.teacher.backbone:get_intermediate_layers(img:view(1, 3, 16, 16), 1)[1]
+    local dev = full.teacher.backbone:parameters()[1]:device() -- cuda when train.run found a GPU
+    local out = full.teacher.backbone:get_intermediate_layers(img:view(1, 3, 16, 16):to(dev), 1)[1]
     full.teacher.backbone:train()
-    return sere.normalize(out:select(2, 1), -1, 1e-12)
+    return sere.normalize(out:select(2, 1), -1, 1e-12):cpu()
   end)
   T.close(f:narrow(1, 5, 1), want, 1e-6, 1e-5, "image 5")
 end)
