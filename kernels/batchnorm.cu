@@ -22,19 +22,6 @@ static const int max_outer_blocks = 256;
 // Values per CUDA block at least, when inner > 1 (fewer, larger blocks).
 static const int64_t plane_block_values = 4096;
 
-// Sum over the block in double (blockDim.x a multiple of 32); every thread
-// gets the total. `scratch`: 32 doubles of shared memory, reusable.
-__device__ __forceinline__ double block_sum_double(double v, double *scratch) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0;
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-
 // inner == 1: block k sums rows [k per, (k + 1) per) of [outer, nc] per channel.
 __global__ void bn_partials_rows(const float *a, const float *b, const float *m, int64_t outer, int64_t nc,
                                  int64_t per, double *p1, double *p2) {
@@ -67,8 +54,8 @@ __global__ void bn_partials_planes(const float *a, const float *b, const float *
       t1 += v;
       t2 += (double)v * (b ? b[at] - mc : v);
     }
-    t1 = block_sum_double(t1, scratch);
-    t2 = block_sum_double(t2, scratch);
+    t1 = sere_block_sum(t1, scratch);
+    t2 = sere_block_sum(t2, scratch);
     if (threadIdx.x == 0) {
       p1[k * nc + c] = t1;
       p2[k * nc + c] = t2;

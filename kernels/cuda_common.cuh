@@ -110,7 +110,9 @@ __device__ __forceinline__ int64_t sere_layout_offset(const sere_layout &l, int6
   return off;
 }
 
-__device__ __forceinline__ float sere_warp_sum(float v) {
+// (float or double)
+template <typename T>
+__device__ __forceinline__ T sere_warp_sum(T v) {
   for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
   return v;
 }
@@ -119,16 +121,17 @@ __device__ __forceinline__ float sere_warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every
-// thread gets the total. `scratch` is 32 floats of shared memory; the call
-// may be repeated with the same scratch.
-__device__ __forceinline__ float sere_block_sum(float v, float *scratch) {
+// Sum over the block (blockDim.x a multiple of 32, at most 1024) in float
+// or double; every thread gets the total. `scratch` is 32 values of shared
+// memory; the call may be repeated with the same scratch.
+template <typename T>
+__device__ __forceinline__ T sere_block_sum(T v, T *scratch) {
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   v = sere_warp_sum(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0f;
+  v = lane < nwarps ? scratch[lane] : (T)0;
   return sere_warp_sum(v);
 }
 __device__ __forceinline__ float sere_block_max(float v, float *scratch) {

@@ -38,19 +38,6 @@ __device__ __forceinline__ float teacher_logit(const float *t, const float *c, i
   return __fmul_rn(t[j] - c[j], inv_tt);
 }
 
-// Sum over the block in double (blockDim.x a multiple of 32); every thread
-// gets the total. `scratch`: 32 doubles of shared memory, reusable.
-__device__ __forceinline__ double block_sum_double(double v, double *scratch) {
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0;
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-
 __global__ void soft_ce_forward_rows(const float *s, const float *t, const float *c, int64_t rows, int64_t k,
                                      float inv_ts, float inv_tt, float *loss, float *stats) {
   __shared__ float fscratch[32];
@@ -82,9 +69,9 @@ __global__ void soft_ce_forward_rows(const float *s, const float *t, const float
     // merge the threads' sums at the block's maxima
     const float top_s = sere_block_max(ms, fscratch), top_t = sere_block_max(mt, fscratch);
     const float fs = rescale(ms, safe_max(top_s)), ft = rescale(mt, safe_max(top_t));
-    const double zs_all = block_sum_double((double)zs * fs, dscratch);
-    const double zt_all = block_sum_double((double)zt * ft, dscratch);
-    const double w_all = block_sum_double((double)w * ft, dscratch);
+    const double zs_all = sere_block_sum((double)zs * fs, dscratch);
+    const double zt_all = sere_block_sum((double)zt * ft, dscratch);
+    const double w_all = sere_block_sum((double)w * ft, dscratch);
     if (threadIdx.x == 0) {
       const float ls = logf((float)zs_all);
       float *st = stats + 4 * row;

@@ -2,7 +2,7 @@
 -- reference's argparse reads them, so its command lines run unchanged:
 -- `--name value`, `--name=value`, lists as `--name v1 v2 ...` (every value
 -- up to the next flag), booleans as true/false (also on/off, 1/0, as the
--- reference's bool_flag). An unknown flag is an error that suggests the
+-- reference's bool_flag; a bare `--flag` means true). An unknown flag is an error that suggests the
 -- closest known one; `--help` prints every flag with its default.
 --
 --   local args = require "sere.args"
@@ -163,6 +163,7 @@ function args.try_parse(argv, spec, opts)
           i = i + 1
         end
       end
+      if #texts == 0 and kind == "bool" then texts[1] = "true" end -- a bare boolean flag sets it
       if #texts == 0 then return nil, string.format("--%s needs a value", name) end
       local values = {}
       for k, text in ipairs(texts) do

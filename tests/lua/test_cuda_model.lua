@@ -7,9 +7,7 @@
 local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
-local nn = require "sere.nn"
 local objective = require "sere.objective"
-local loss = require "sere.loss"
 local R = dofile("tests/lua/refdata.lua")
 
 local NAMES = {"loss terms", "centres", "BatchNorm buffers", "student gradients"}
@@ -22,30 +20,8 @@ end
 local ATOL, RTOL = 2e-6, 2e-4 -- as test_model_tiny.lua
 
 local t, meta = R.load("model_tiny")
-local function cfg_num(key) return tonumber(meta.config:match('"' .. key .. '": ([%d.e-]+)')) end
-
-local function network(prefix, student)
-  local vit = nn.VisionTransformer({embed_dim = 32, depth = 2, heads = 2, patch_size = 16, img_size = 64,
-    masked_im_modeling = student})
-  local head = nn.IbotHead(32, 128, {hidden_dim = 64, bottleneck_dim = 32, norm_last_layer = not student})
-  local net = nn.MultiCrop(vit, head)
-  net:load_state_dict(R.strip(t, prefix))
-  return net:to("cuda")
-end
-
-local student, teacher = network("student.", true), network("teacher.", false)
-local state = {center = t["input.center"]:cuda(), center2 = t["input.center2"]:cuda()}
-local cfg = {
-  n_global = 2, heads = 2, alpha = cfg_num("alpha"), beta = cfg_num("beta"),
-  teacher_temp = loss.teacher_temperature(5, 0.04, 0.07, 30),
-  teacher_patch_temp = loss.teacher_temperature(5, 0.05, 0.08, 30),
-  student_temp = 0.1, pixel_temp = 0.5, channel_temp = 0.1, center_momentum = 0.9,
-}
-local batch = {}
-for _, k in ipairs({"global_crops", "local_crops", "masks", "grids_gg_rows", "grids_gg_cols", "grids_lg_local",
-  "grids_lg_global"}) do
-  batch[k] = t["input." .. k]:cuda()
-end
+local setup = R.tiny_setup(t, meta, "cuda")
+local student, teacher, state, cfg, batch = setup.student, setup.teacher, setup.state, setup.cfg, setup.batch
 
 local ok, total, terms = pcall(objective.compute, student, teacher, batch, state, cfg)
 

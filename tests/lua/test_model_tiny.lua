@@ -9,9 +9,7 @@
 -- shows them equal to the reference's naive computation end to end.
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
-local nn = require "sere.nn"
 local objective = require "sere.objective"
-local loss = require "sere.loss"
 local R = dofile("tests/lua/refdata.lua")
 
 -- f32 through two blocks, heads, softmaxes at temperatures down to 0.045
@@ -21,30 +19,8 @@ local ATOL, RTOL = 2e-6, 2e-4
 
 local t, meta = R.load("model_tiny")
 local cfg_json = meta.config
-local function cfg_num(key) return tonumber(cfg_json:match('"' .. key .. '": ([%d.e-]+)')) end
-
-local function network(prefix, student)
-  local vit = nn.VisionTransformer({embed_dim = 32, depth = 2, heads = 2, patch_size = 16, img_size = 64,
-    masked_im_modeling = student})
-  local head = nn.IbotHead(32, 128, {hidden_dim = 64, bottleneck_dim = 32, norm_last_layer = not student})
-  local net = nn.MultiCrop(vit, head)
-  net:load_state_dict(R.strip(t, prefix))
-  return net
-end
-
-local student, teacher = network("student.", true), network("teacher.", false)
-local state = {center = t["input.center"]:clone(), center2 = t["input.center2"]:clone()}
-local cfg = {
-  n_global = 2, heads = 2, alpha = cfg_num("alpha"), beta = cfg_num("beta"),
-  teacher_temp = loss.teacher_temperature(5, 0.04, 0.07, 30),
-  teacher_patch_temp = loss.teacher_temperature(5, 0.05, 0.08, 30),
-  student_temp = 0.1, pixel_temp = 0.5, channel_temp = 0.1, center_momentum = 0.9,
-}
-local batch = {
-  global_crops = t["input.global_crops"], local_crops = t["input.local_crops"], masks = t["input.masks"],
-  grids_gg_rows = t["input.grids_gg_rows"], grids_gg_cols = t["input.grids_gg_cols"],
-  grids_lg_local = t["input.grids_lg_local"], grids_lg_global = t["input.grids_lg_global"],
-}
+local setup = R.tiny_setup(t, meta)
+local student, teacher, state, cfg, batch = setup.student, setup.teacher, setup.state, setup.cfg, setup.batch
 
 local total, terms = objective.compute(student, teacher, batch, state, cfg)
 

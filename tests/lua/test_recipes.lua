@@ -38,6 +38,9 @@ T.test("args: values, lists, booleans, --name=value, defaults", function()
   T.eq(table.concat(assert(args.try_parse({"--global_crops_scale", "0.3"}, SPEC)).global_crops_scale, " "), "0.3",
     "a list flag takes one value too")
   T.eq(assert(args.try_parse({"--lr", "-0.5"}, SPEC)).lr, -0.5, "a negative number is a value, not a flag")
+  T.eq(assert(args.try_parse({"--norm_last_layer", "--epochs", "3"}, SPEC)).norm_last_layer, true,
+    "a bare boolean flag sets it")
+  T.eq(assert(args.try_parse({"--norm_last_layer"}, SPEC)).norm_last_layer, true, "also last")
   local b = assert(args.try_parse({}, SPEC))
   b.global_crops_scale[1] = 9
   T.eq(SPEC[4][2][1], 0.14, "defaults are copied, not shared")
