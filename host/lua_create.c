@@ -62,15 +62,21 @@ static void apply_requires_grad(lua_State *L, int opts, sere_tensor *t) {
   lua_pop(L, 1);
 }
 
-/* Ends every creation function: the new tensor is at the top of the stack;
- * it moves to opts.device (default `dev`), then gets opts.requires_grad. */
-static int finish_created(lua_State *L, int opts, sere_device_type dev) {
+/* opts.device, or `dev` when opts has none. */
+static sere_device_type opt_device(lua_State *L, int opts, sere_device_type dev) {
   if (lua_istable(L, opts)) {
     lua_getfield(L, opts, "device");
     if (!lua_isnil(L, -1) && !sere_lua_device_name(L, lua_gettop(L), &dev))
       luaL_error(L, "unknown device '%s' (expected 'cpu' or 'cuda')", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
+  return dev;
+}
+
+/* Ends every creation function: the new tensor is at the top of the stack;
+ * it moves to opts.device (default `dev`), then gets opts.requires_grad. */
+static int finish_created(lua_State *L, int opts, sere_device_type dev) {
+  dev = opt_device(L, opts, dev);
   sere_tensor *t = sere_lua_check(L, -1, "device");
   if (sere_device_of(t) != dev) {
     sere_tensor *moved = sere_to_device(t, dev);
@@ -206,7 +212,8 @@ static int random_tensor(lua_State *L, rand_kind kind, const char *op) {
   int opts = shape_and_opts(L, 1, &ndim, shape, op);
   sere_dtype d = sere_lua_opt_dtype(L, opts, SERE_F32);
   if (!sere_dtype_is_float(d)) return luaL_error(L, "%s: dtype must be f32 or bf16", op);
-  sere_tensor *t = sere_tensor_new_uninit(d, ndim, shape);
+  /* filled where it lives: the streams are the same on every device */
+  sere_tensor *t = sere_tensor_new_uninit_on(opt_device(L, opts, SERE_CPU), d, ndim, shape);
   sere_lua_push(L, t);
   sere_generator *g = opt_generator(L, opts);
   int rc = kind == RAND_UNIFORM ? sere_uniform_(t, 0, 1, g) : sere_normal_(t, 0, 1, g);
@@ -224,7 +231,8 @@ static int l_randint(lua_State *L) {
   int ndim;
   int64_t shape[SERE_MAX_DIMS];
   int opts = shape_and_opts(L, 3, &ndim, shape, "randint");
-  sere_tensor *t = sere_tensor_new_uninit(sere_lua_opt_dtype(L, opts, SERE_I64), ndim, shape);
+  sere_tensor *t = sere_tensor_new_uninit_on(opt_device(L, opts, SERE_CPU), sere_lua_opt_dtype(L, opts, SERE_I64),
+                                             ndim, shape);
   sere_lua_push(L, t);
   if (sere_randint_(t, lo, hi, opt_generator(L, opts))) return sere_lua_raise(L);
   return finish_created(L, opts, SERE_CPU);

@@ -9,6 +9,7 @@
 #   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2
 #   echo /.device/ >> .git/info/exclude
 #   ../shared/tools/device-pack build/sere .device
+#   cp build/test_cuda_* .device/bin/     # the C GPU tests (same libraries)
 # Then, through the device tool, from the repository root:
 #   bash tools/gpu-check.sh [parity|sanitize|tiny|bench|all] (default all)
 # Each part fits in one 10-minute call when run alone.
@@ -35,6 +36,12 @@ run_parity() {
     "$SERE" "$f" > "$OUT/parity/$name.txt" 2>&1
     local rc=$?
     summary+=("parity   $name rc=$rc $(tail -n 1 "$OUT/parity/$name.txt") ($((SECONDS - t0)) s)")
+  done
+  for t in .device/bin/test_cuda_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    "$t" > "$OUT/parity/$name.txt" 2>&1
+    summary+=("parity   $name rc=$? $(tail -n 1 "$OUT/parity/$name.txt")")
   done
 }
 

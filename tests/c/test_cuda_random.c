@@ -1,10 +1,9 @@
-/* test_cuda_random.c — sere_randint_ on a GPU tensor (kernels/random.cu),
- * which no Lua function reaches yet (sere.randint fills on the CPU and
- * copies): every dtype, odd sizes, wide and negative ranges, a strided
- * target and an odd generator offset, against the CPU fill from the same
- * state, exactly; the generator advances alike. Without a GPU (or CUDA)
- * it prints SKIP and exits 77 (ctest's "skipped"). Prints "N passed, N
- * failed"; exits 1 on failure. */
+/* test_cuda_random.c — sere_randint_ on a GPU tensor (kernels/random.cu)
+ * in more cases than the Lua test reaches: every dtype, odd sizes, wide
+ * and negative ranges, a strided target and an odd generator offset,
+ * against the CPU fill from the same state, exactly; the generator
+ * advances alike. Without a GPU (or CUDA) it prints SKIP and exits 77
+ * (ctest's "skipped"). Prints "N passed, N failed"; exits 1 on failure. */
 #include <stdio.h>
 #include <string.h>
 

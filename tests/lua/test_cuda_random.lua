@@ -5,9 +5,9 @@
 -- operation, see random.cu; we measured it exact), randint exactly; odd
 -- sizes, bf16, strided targets, generators advanced by odd amounts (and
 -- past 2^32 blocks, the counter's high word), the offset advancing alike
--- on both devices, and the default generator. randint's kernel is reached
--- from Lua only once sere.randint creates on the device directly; its C
--- test is tests/c/test_cuda_random.c.
+-- on both devices, and the default generator; sere.rand/randn/randint
+-- with {device = "cuda"} fill on the device (more randint dtypes and a
+-- strided target: tests/c/test_cuda_random.c).
 -- Without a device every case is reported as skipped.
 local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
