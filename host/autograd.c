@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/autocast.h"
 #include "ops/ops.h"
 
 static _Thread_local int grad_enabled = 1;
@@ -251,7 +252,9 @@ int sere_backward(sere_tensor *root, sere_tensor *grad, int retain_graph) {
     return rc;
   }
 
-  int prev_mode = sere_set_grad_enabled(0);
+  /* Backward functions compute in the dtypes the forward pass saved:
+   * autocast (a forward-pass mode) must not recast them. */
+  int prev_mode = sere_set_grad_enabled(0), prev_autocast = sere_set_autocast_enabled(0);
   int rc = -1;
   node_list all = {0}, ready = {0};
 
@@ -343,5 +346,6 @@ done:
   free(ready.items);
   free(stack.items);
   sere_set_grad_enabled(prev_mode);
+  sere_set_autocast_enabled(prev_autocast);
   return rc;
 }

@@ -606,6 +606,7 @@ int luaopen_sere_core(lua_State *L) {
   sere_lua_open_image(L);
   sere_lua_open_augment(L);
   sere_lua_open_loader(L);
+  sere_lua_open_autocast(L);
 
   /* expose the method table so Lua code can add methods (sere/init.lua) */
   lua_getfield(L, LUA_REGISTRYINDEX, METHODS_KEY);

@@ -66,6 +66,7 @@ void sere_lua_open_optim(lua_State *L);        /* lua_optim.c: fused AdamW, EMA,
 void sere_lua_open_image(lua_State *L);        /* lua_image.c: image files, datasets */
 void sere_lua_open_augment(lua_State *L);      /* lua_augment.c: augmentations, crop/mask sampling, overlap grids */
 void sere_lua_open_loader(lua_State *L);       /* lua_loader.c: multi-crop samples, threaded loader */
+void sere_lua_open_autocast(lua_State *L);     /* lua_autocast.c: the mixed-precision mode */
 int luaopen_sere_core(lua_State *L);
 
 #endif

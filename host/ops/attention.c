@@ -25,6 +25,7 @@
  * Operands are read in place whenever BLAS can (f32 with unit column
  * stride), so q, k and v sliced out of one [B, T, 3, h, d] qkv tensor cost
  * no copy. bf16 is computed in f32 and the result returned as bf16.
+ * Under autocast (autocast.h) f32 operands are cast to bf16 first.
  *
  * Tensors on the GPU go to the fused kernels of kernels/attention.cu,
  * which read the same strided views in place. Their backward uses
@@ -37,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #include "vecmath.h"
 #ifdef SERE_WITH_CUDA
@@ -408,7 +410,13 @@ static sere_tensor *cpu_forward(sere_tensor *q, sere_tensor *k, sere_tensor *v, 
 }
 
 sere_tensor *sere_attention(sere_tensor *q, sere_tensor *k, sere_tensor *v, double scale) {
-  sere_tensor *inputs[3] = {q, k, v};
+  sere_tensor *inputs[3] = {q, k, v}, *cast[3];
+  if (sere_autocast_lowers(3, inputs)) { /* bf16 copies of f32 operands (autocast.h) */
+    if (sere_autocast_operands(3, inputs, cast)) return NULL;
+    sere_tensor *out = sere_attention(cast[0], cast[1], cast[2], scale);
+    sere_autocast_release(3, cast);
+    return out;
+  }
   sere_device_type dev;
   if (sere_common_device("attention", &dev, 3, inputs) || !check_inputs(q, k, v)) return NULL;
   if (!isfinite(scale)) return sere_fail("attention: scale must be finite, got %g", scale);

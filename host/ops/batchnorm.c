@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/batchnorm.h"
@@ -496,6 +497,12 @@ static double load_at(const sere_tensor *t, int64_t c) {
 sere_tensor *sere_batch_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, sere_tensor *running_mean,
                              sere_tensor *running_var, int training, double momentum, double eps,
                              const sere_bn_sync *sync) {
+  if (sere_autocast_widens(x)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(x, SERE_F32);
+    sere_tensor *out = wide ? sere_batch_norm(wide, weight, bias, running_mean, running_var, training, momentum, eps, sync) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   if (check_args(x, weight, bias, running_mean, running_var, training, eps)) return NULL;
   sere_device_type dev;
   if (sere_common_device("batch_norm", &dev, 5, (sere_tensor *[]){x, weight, bias, running_mean, running_var}))

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/grid_sample.h"
@@ -239,6 +240,12 @@ static sere_tensor *sample(sere_tensor *input, sere_tensor *grid, sere_device_ty
 }
 
 sere_tensor *sere_grid_sample(sere_tensor *input, sere_tensor *grid) {
+  if (sere_autocast_widens(input)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(input, SERE_F32);
+    sere_tensor *out = wide ? sere_grid_sample(wide, grid) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   char a[SHAPE_BUF], b[SHAPE_BUF];
   if (input->ndim != 4 || !sere_dtype_is_float(input->dtype))
     return sere_fail("grid_sample: input must be a float [B, C, H, W] tensor, got %s of shape %s",

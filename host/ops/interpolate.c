@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/interpolate.h"
@@ -184,6 +185,12 @@ static sere_tensor *resample(sere_tensor *x, const int64_t shape[4], double sy, 
 }
 
 sere_tensor *sere_interpolate_bicubic(sere_tensor *x, double sy, double sx) {
+  if (sere_autocast_widens(x)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(x, SERE_F32);
+    sere_tensor *out = wide ? sere_interpolate_bicubic(wide, sy, sx) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   char a[SHAPE_BUF];
   if (x->ndim != 4 || !sere_dtype_is_float(x->dtype))
     return sere_fail("interpolate_bicubic: x must be a float [B, C, H, W] tensor, got %s of shape %s",

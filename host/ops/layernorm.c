@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/layernorm.h"
@@ -192,6 +193,12 @@ static int check_affine(const char *what, const sere_tensor *t, const sere_tenso
 }
 
 sere_tensor *sere_layer_norm(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, double eps) {
+  if (sere_autocast_widens(x)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(x, SERE_F32);
+    sere_tensor *out = wide ? sere_layer_norm(wide, weight, bias, eps) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   char a[160];
   if (!sere_dtype_is_float(x->dtype))
     return sere_fail("layer_norm: expects a float tensor, got %s of shape %s; convert it first with :float()",

@@ -12,6 +12,7 @@
  * dims by accumulating into an output whose batch stride is 0, so no
  * batched intermediate is ever reduced afterwards.
  * bf16 is computed in f32; integer dtypes use an exact int64 triple loop.
+ * Under autocast (autocast.h) f32 operands are cast to bf16 first.
  *
  * CUDA tensors go to cuBLAS (kernels/matmul.cu) through the same problem
  * description: the batch dims left after folding are merged where the
@@ -24,6 +25,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/matmul.h"
@@ -432,12 +434,22 @@ static sere_tensor *matmul_impl(const char *op, sere_tensor *a, sere_tensor *b) 
   return out;
 }
 
-sere_tensor *sere_matmul(sere_tensor *a, sere_tensor *b) { return matmul_impl("matmul", a, b); }
+/* matmul_impl, on bf16 copies of f32 operands under autocast (autocast.h). */
+static sere_tensor *matmul_entry(const char *op, sere_tensor *a, sere_tensor *b) {
+  sere_tensor *in[2] = {a, b}, *cast[2];
+  if (!sere_autocast_lowers(2, in)) return matmul_impl(op, a, b);
+  if (sere_autocast_operands(2, in, cast)) return NULL;
+  sere_tensor *out = matmul_impl(op, cast[0], cast[1]);
+  sere_autocast_release(2, cast);
+  return out;
+}
+
+sere_tensor *sere_matmul(sere_tensor *a, sere_tensor *b) { return matmul_entry("matmul", a, b); }
 
 sere_tensor *sere_bmm(sere_tensor *a, sere_tensor *b) {
   char x[SHAPE_BUF], y[SHAPE_BUF];
   if (a->ndim != 3 || b->ndim != 3 || a->shape[0] != b->shape[0])
     return sere_fail("bmm: expects [B, n, k] and [B, k, m] with the same B, got shapes %s and %s",
                      sere_shape_str(a, x, sizeof x), sere_shape_str(b, y, sizeof y));
-  return matmul_impl("bmm", a, b);
+  return matmul_entry("bmm", a, b);
 }

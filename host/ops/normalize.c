@@ -15,6 +15,7 @@
  * tensors run the same lines in kernels/normalize.cu. */
 #include <math.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/normalize.h"
@@ -131,6 +132,12 @@ static int l2_normalize_backward(sere_node *n, sere_tensor *g, sere_tensor **gi)
 }
 
 sere_tensor *sere_l2_normalize(sere_tensor *x, int dim, double eps) {
+  if (sere_autocast_widens(x)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(x, SERE_F32);
+    sere_tensor *out = wide ? sere_l2_normalize(wide, dim, eps) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   char a[160];
   int d;
   if (!sere_dtype_is_float(x->dtype))

@@ -17,12 +17,15 @@
  * CUDA tensors take the same steps with gather kernels for im2col and
  * col2im (kernels/patch_embed.cu) and cuBLAS for the GEMMs; the forward
  * GEMM runs in bf16 (f32 accumulation) when x and weight are both bf16,
- * everything else in f32 as on the CPU.
+ * everything else in f32 as on the CPU. Under autocast (autocast.h) the
+ * f32 operands, bias included, are cast to bf16 first, as PyTorch does
+ * for a convolution.
  */
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
 
+#include "autocast.h"
 #include "ops.h"
 #ifdef SERE_WITH_CUDA
 #include "../../kernels/matmul.h"
@@ -241,6 +244,13 @@ static int bias_rows(sere_tensor *y, sere_tensor *bf, int64_t M, int64_t D) {
 }
 
 sere_tensor *sere_patch_embed(sere_tensor *x, sere_tensor *weight, sere_tensor *bias, int p) {
+  sere_tensor *inputs[3] = {x, weight, bias}, *cast[3];
+  if (sere_autocast_lowers(3, inputs)) { /* bf16 copies of f32 operands (autocast.h) */
+    if (sere_autocast_operands(3, inputs, cast)) return NULL;
+    sere_tensor *out = sere_patch_embed(cast[0], cast[1], cast[2], p);
+    sere_autocast_release(3, cast);
+    return out;
+  }
   pe_dims d;
   sere_device_type dev;
   if (sere_common_device("patch_embed", &dev, 3, (sere_tensor *[]){x, weight, bias})) return NULL;

@@ -26,6 +26,7 @@
  * block per row, streaming over K) on contiguous f32 device copies. */
 #include <math.h>
 
+#include "autocast.h"
 #include "ops.h"
 #include "vecmath.h"
 #ifdef SERE_WITH_CUDA
@@ -226,6 +227,12 @@ static int check_args(sere_tensor *s, sere_tensor *t, sere_tensor *c, double ts,
 
 sere_tensor *sere_soft_cross_entropy(sere_tensor *student, sere_tensor *teacher, sere_tensor *center,
                                      double student_temp, double teacher_temp) {
+  if (sere_autocast_widens(student)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(student, SERE_F32);
+    sere_tensor *out = wide ? sere_soft_cross_entropy(wide, teacher, center, student_temp, teacher_temp) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   if (check_args(student, teacher, center, student_temp, teacher_temp)) return NULL;
   sere_device_type dev;
   if (sere_common_device("soft_cross_entropy", &dev, 3, (sere_tensor *[]){student, teacher, center})) return NULL;

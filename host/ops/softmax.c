@@ -18,6 +18,7 @@
  * CUDA tensors run the same lines in kernels/softmax.cu.                    */
 #include <math.h>
 
+#include "autocast.h"
 #include "ops.h"
 #include "vecmath.h"
 #ifdef SERE_WITH_CUDA
@@ -182,6 +183,12 @@ static int softmax_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
 }
 
 static sere_tensor *softmax_impl(sere_tensor *t, int dim, int log) {
+  if (sere_autocast_widens(t)) { /* f32 under autocast (autocast.h) */
+    sere_tensor *wide = sere_to_dtype(t, SERE_F32);
+    sere_tensor *out = wide ? softmax_impl(wide, dim, log) : NULL;
+    sere_tensor_release(wide);
+    return out;
+  }
   const char *op = log ? "log_softmax" : "softmax";
   int d;
   char a[160];

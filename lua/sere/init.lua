@@ -5,21 +5,27 @@ local core = require "sere.core"
 local sere = {}
 for k, v in pairs(core) do sere[k] = v end
 
--- Runs fn(...) with grad mode set to `on`, restoring the previous mode even
--- if fn raises an error; returns fn's results.
-local function with_grad_mode(on, fn, ...)
-  local prev = core.set_grad_enabled(on)
+-- Runs fn(...) with a mode (grad mode, autocast) set to `on` by `set`,
+-- which returns the previous state, restoring that state even if fn raises
+-- an error; returns fn's results.
+local function with_mode(set, on, fn, ...)
+  local prev = set(on)
   local res = table.pack(pcall(fn, ...))
-  core.set_grad_enabled(prev)
+  set(prev)
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
 
 --- sere.no_grad(fn, ...): runs fn without recording gradients.
-function sere.no_grad(fn, ...) return with_grad_mode(false, fn, ...) end
+function sere.no_grad(fn, ...) return with_mode(core.set_grad_enabled, false, fn, ...) end
 
 --- sere.enable_grad(fn, ...): runs fn recording gradients (inside a no_grad region).
-function sere.enable_grad(fn, ...) return with_grad_mode(true, fn, ...) end
+function sere.enable_grad(fn, ...) return with_mode(core.set_grad_enabled, true, fn, ...) end
+
+--- sere.autocast(fn, ...): runs fn in mixed precision: matrix products,
+--- attention and the patch embedding on bf16 copies of f32 operands, the
+--- norms, softmaxes and losses in f32 (see docs/lua-api.md).
+function sere.autocast(fn, ...) return with_mode(core.set_autocast_enabled, true, fn, ...) end
 
 sere.testing = require "sere.testing"
 

@@ -19,7 +19,9 @@
 -- accumulation group; until then the teacher's batch sums are accumulated
 -- in state.center_accum / state.center2_accum, 7.4). Under mpirun the
 -- centres' batch sums are all-reduced over the ranks (sere.dist), so every
--- rank keeps the same centres.
+-- rank keeps the same centres. Under sere.autocast (--use_fp16) the
+-- networks' matrix products run in bf16, while the losses and the centres
+-- stay f32.
 local sere = require "sere"
 local dist = require "sere.dist"
 local loss = require "sere.loss"
@@ -85,7 +87,8 @@ function objective.compute(student, teacher, batch, state, cfg)
   -- 2B * W * accum_iter)
   local m = cfg.center_momentum or 0.9
   local accum = cfg.accum_iter or 1
-  local sum, sum2 = t_cls:sum(1, true), t_patch_mean:sum(1, true) -- no grad: teacher outputs
+  -- no grad: teacher outputs; summed in f32 (bf16 logits under autocast)
+  local sum, sum2 = t_cls:float():sum(1, true), t_patch_mean:float():sum(1, true)
   if accum > 1 then
     if state.center_accum then sum, sum2 = state.center_accum + sum, state.center2_accum + sum2 end
     state.center_accum, state.center2_accum = sum, sum2

@@ -49,7 +49,8 @@ recipe.REFERENCE_FLAGS = {
   {"teacher_patch_temp", 0.07, "teacher patch temperature after the warm-up"},
   {"warmup_teacher_temp_epochs", 30, "epochs of the linear teacher-temperature warm-up"},
   -- optimisation
-  {"use_fp16", true, "mixed precision: bf16 autocast on CUDA; no effect on CPU (always f32)"},
+  {"use_fp16", true, "mixed precision: bf16 autocast (matrix products and attention in bf16; norms, softmaxes, "
+    .. "losses, parameters and optimizer in f32)"},
   {"weight_decay", 0.04, "weight decay at the start (cosine schedule)"},
   {"weight_decay_end", 0.4, "weight decay at the end"},
   {"clip_grad", 3.0, "per-tensor gradient norm clip (0: off)"},

@@ -234,7 +234,14 @@ function train.run(a, R)
     world > 1 and string.format(" (%d ranks of %d)", world, a.batch_size_per_gpu) or "", a.epochs,
     accum > 1 and string.format(", an optimizer step every %d iterations", accum) or "")
   say("train: on %s%s", device, device == "cuda" and (" (" .. sere.cuda.device_name() .. ")") or "")
-  if a.use_fp16 then say("train: --use_fp16 has no effect yet: training runs in f32") end
+  -- --use_fp16: the forward passes and the losses run under autocast (matrix
+  -- products and attention in bf16), backward outside it, as in PyTorch; the
+  -- parameters, the optimizer and the centres stay f32 (bf16 needs no loss scaling)
+  local objective = R.objective
+  if a.use_fp16 then
+    objective = function(...) return sere.autocast(R.objective, ...) end
+    say("train: mixed precision: bf16 autocast")
+  end
 
   local losses, first_loss, last_loss = {}, nil, nil
   local total_it = a.epochs * niter
@@ -260,7 +267,7 @@ function train.run(a, R)
       local group_start, group_end = it % accum == 0, (it + 1) % accum == 0 or it + 1 == total_it
       if group_start then opt:set_lr_wd(sched.lr[it + 1], sched.wd[it + 1]) end        -- 8.4 step 1
       lcfg.update_centers = group_end
-      local total, terms = R.objective(student, teacher, batch, state, lcfg)          -- steps 3-4
+      local total, terms = objective(student, teacher, batch, state, lcfg)            -- steps 3-4
       local m = {loss = terms.ibot:item(), cls = terms.cls:item(), patch = terms.mim:item(),
         loss_attn = terms.pixel:item(), loss_attn_ffn = terms.channel:item(), total = total:item(),
         acc = agreement(terms, a.batch_size_per_gpu)}                                  -- step 6
