@@ -1,6 +1,6 @@
 /* lua_dist.c — the Lua surface of dist.c, the module "sere.dist_core":
- * rank, world_size, local_rank, is_distributed, barrier and the
- * collectives on CPU tensors. lua/sere/dist.lua re-exports these as
+ * rank, world_size, local_rank, is_distributed, cuda_transport, barrier
+ * and the collectives on CPU and CUDA tensors. lua/sere/dist.lua re-exports these as
  * sere.dist and adds the training helpers. Ranks are 0-based (as
  * torch.distributed's and data.Loader's). */
 #include <limits.h>
@@ -14,6 +14,7 @@ static int l_rank(lua_State *L) { lua_pushinteger(L, sere_dist_rank()); return 1
 static int l_world_size(lua_State *L) { lua_pushinteger(L, sere_dist_world_size()); return 1; }
 static int l_local_rank(lua_State *L) { lua_pushinteger(L, sere_dist_local_rank()); return 1; }
 static int l_is_distributed(lua_State *L) { lua_pushboolean(L, sere_dist_is_distributed()); return 1; }
+static int l_cuda_transport(lua_State *L) { lua_pushstring(L, sere_dist_cuda_transport()); return 1; }
 
 static int l_barrier(lua_State *L) {
   if (sere_dist_barrier()) return sere_lua_raise(L);
@@ -52,9 +53,9 @@ static int l_broadcast(lua_State *L) {
 
 int luaopen_sere_dist_core(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"rank", l_rank},         {"world_size", l_world_size}, {"local_rank", l_local_rank},
-      {"is_distributed", l_is_distributed}, {"barrier", l_barrier}, {"all_reduce", l_all_reduce},
-      {"all_gather", l_all_gather}, {"broadcast", l_broadcast}, {NULL, NULL}};
+      {"rank", l_rank}, {"world_size", l_world_size}, {"local_rank", l_local_rank},
+      {"is_distributed", l_is_distributed}, {"cuda_transport", l_cuda_transport}, {"barrier", l_barrier},
+      {"all_reduce", l_all_reduce}, {"all_gather", l_all_gather}, {"broadcast", l_broadcast}, {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -1,8 +1,8 @@
 -- sere.dist — data-parallel training across processes (method.md section
 -- 9): the rank and world queries and collectives of the C core
--- (host/dist.c, MPI on CPU tensors) plus what a training loop does with
--- them: broadcast a model from rank 0, average gradients over ranks in
--- buckets, and synchronise a model's batch norms.
+-- (host/dist.c: MPI on CPU tensors, NCCL on CUDA tensors) plus what a
+-- training loop does with them: broadcast a model from rank 0, average
+-- gradients over ranks in buckets, and synchronise a model's batch norms.
 --
 --   local dist = require "sere.dist"
 --   -- mpirun -np 4 sere script.lua: dist.rank() is 0 .. 3, dist.world_size() 4
@@ -11,7 +11,8 @@
 --   loss:backward(); dist.average_gradients(model:parameters())
 --
 -- Started without a launcher, a process is rank 0 of 1 and every
--- collective is the identity. Ranks are 0-based (as in torch.distributed
+-- collective is the identity; under a launcher they run even with one
+-- process (`mpirun -np 1` goes through MPI and NCCL). Ranks are 0-based (as in torch.distributed
 -- and data.Loader). This module only needs the C core, so sere's own
 -- init.lua may load it.
 local core = require "sere.core"
@@ -27,7 +28,7 @@ function dist.is_main() return C.rank() == 0 end
 --- module takes rank root's values (in place; the module must be built the
 --- same way on every rank).
 function dist.broadcast_module(module, root)
-  if C.world_size() == 1 then return end
+  if not C.is_distributed() then return end
   for _, iter in ipairs({module.named_parameters, module.named_buffers}) do
     for _, t in iter(module) do C.broadcast(t, root or 0) end
   end
@@ -49,14 +50,15 @@ local DEFAULT_BUCKET_BYTES = 25 * 2 ^ 20 -- PyTorch DDP's default bucket size
 --- dist.average_gradients(params[, bucket_bytes = 25 MiB]): replaces each
 --- parameter's .grad by its mean over all ranks, as data-parallel training
 --- needs after backward (8.7). Gradients are flattened into buckets of
---- about bucket_bytes (one all-reduce per bucket, not per tensor). A
+--- about bucket_bytes (one all-reduce per bucket, not per tensor), on the
+--- gradients' device: CUDA buckets are built, reduced (NCCL) and copied
+--- back on the GPU, queued on sere's stream without waiting. A
 --- parameter with a gradient on some ranks only (a branch a rank's batch
 --- did not take) counts as a zero gradient where it has none, as in the
 --- gradient of the global batch; one with no gradient on any rank keeps
 --- none. params: an array of tensors (e.g. model:parameters()).
 function dist.average_gradients(params, bucket_bytes)
-  local world = C.world_size()
-  if world == 1 or #params == 0 then return end
+  if not C.is_distributed() or #params == 0 then return end
   bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES
   local flags = {}
   for i, p in ipairs(params) do flags[i] = p.grad and 1 or 0 end
@@ -81,7 +83,7 @@ function dist.average_gradients(params, bucket_bytes)
     if flags[i] == 1 then
       if not p.grad then p.grad = core.zeros_like(p) end
       local g = p.grad
-      if #bucket > 0 and g:dtype() ~= bucket[1]:dtype() then flush() end
+      if #bucket > 0 and (g:dtype() ~= bucket[1]:dtype() or g:device() ~= bucket[1]:device()) then flush() end
       bucket[#bucket + 1] = g
       bytes = bytes + g:numel() * (g:dtype() == "bf16" and 2 or 4)
       if bytes >= bucket_bytes then flush() end

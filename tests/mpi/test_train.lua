@@ -4,19 +4,29 @@
 -- iterations (and again with gradient accumulation over 2 iterations):
 -- the losses, every student and teacher tensor (SyncBatchNorm running
 -- statistics included) and the centres agree; both ranks end with
--- identical state; only rank 0 writes the log and checkpoint. Also: the
--- loader's shards of a global batch are exactly the single process's
--- batch, and a non-finite loss on rank 1 alone stops both ranks with a
--- message naming rank 1.
---   sere tests/mpi/test_train.lua "MPIRUN [FLAGS]" path/to/sere   (ctest: mpi.train)
+-- identical state; only rank 0 writes the log and checkpoint. `mpirun -np
+-- 1` (MPI, and NCCL on a GPU, with one rank) gives exactly the run without
+-- a launcher. Also: the loader's shards of a global batch are exactly the
+-- single process's batch, and a non-finite loss on rank 1 alone stops both
+-- ranks with a message naming rank 1.
+-- With "cuda" as third argument every run trains with --device cuda: the
+-- gradients are averaged over NCCL (the fake over MPI in the emulator
+-- build, -DSERE_CUDA=EMULATE), and a build without a CUDA device reports
+-- itself skipped.
+--   sere tests/mpi/test_train.lua "MPIRUN [FLAGS]" path/to/sere [cuda]   (ctest: mpi.train, mpi.cuda_train)
 local T = dofile("tests/lua/harness.lua")
 local sere = require "sere"
 local data = require "sere.data"
 local train = require "sere.train"
 local S = dofile("tests/mpi/train_setup.lua")
 
-local mpirun, sere_bin = arg[1], arg[2]
-assert(mpirun and sere_bin, "usage: sere tests/mpi/test_train.lua 'MPIRUN [FLAGS]' SERE")
+local mpirun, sere_bin, device = arg[1], arg[2], arg[3] or "cpu"
+assert(mpirun and sere_bin and (device == "cpu" or device == "cuda"),
+  "usage: sere tests/mpi/test_train.lua 'MPIRUN [FLAGS]' SERE [cuda]")
+if device == "cuda" and not sere.cuda.is_available() then
+  T.skip("data-parallel training on CUDA", "no CUDA device (build with -DSERE_CUDA=EMULATE to run it without a GPU)")
+  T.finish()
+end
 
 -- The two runs differ only in float summation order: batch sums of B + B
 -- against 2B rows, the mean of two per-rank gradient means against one
@@ -49,26 +59,26 @@ S.make_data(root)
 
 local function sh(cmd) return os.execute(cmd) end
 
--- Runs the two ranks; returns ok, the captured output.
-local function mpi_run(out, mode, accum)
+-- Runs np ranks (2 unless given); returns ok, the captured output.
+local function mpi_run(out, mode, accum, np)
   assert(sh("mkdir -p " .. out))
   local log = out .. "/mpirun.log"
-  local ok = sh(string.format("OMP_NUM_THREADS=1 timeout -k 5 300 %s -np 2 %s tests/mpi/train_worker.lua %s %s %s %d "
-    .. "> %s 2>&1", mpirun, sere_bin, out, root, mode, accum, log))
+  local ok = sh(string.format("OMP_NUM_THREADS=1 timeout -k 5 300 %s -np %d %s tests/mpi/train_worker.lua %s %s %s %d "
+    .. "%s > %s 2>&1", mpirun, np or 2, sere_bin, out, root, mode, accum, device, log))
   return ok, T.read_file(log)
 end
 
 local function single_run(out, accum)
   local lines, real_print = {}, print
   print = function(...) lines[#lines + 1] = table.concat({...}, "\t") end
-  local ok, res = pcall(train.run, S.config(out, root, 1, {accum_iter = accum}), S.R)
+  local ok, res = pcall(train.run, S.config(out, root, 1, {accum_iter = accum, device = device}), S.R)
   print = real_print
   if not ok then error(res, 0) end
   S.save_result(out .. "/single.safetensors", res)
   return res
 end
 
-T.test("the ranks' shards of each global batch are the single process's batch", function()
+if device == "cpu" then T.test("the ranks' shards of each global batch are the single process's batch", function()
   local function loader(rank, world)
     return data.Loader({dataset = root, batch_size = S.GLOBAL_BATCH // world, seed = 5, rank = rank,
       world_size = world, threads = 1})
@@ -89,7 +99,7 @@ T.test("the ranks' shards of each global batch are the single process's batch", 
     end
   end
   one:close() r0:close() r1:close()
-end)
+end) end
 
 local function check_equal_runs(accum)
   local single_out, dist_out = string.format("%s_single%d", base, accum), string.format("%s_dist%d", base, accum)
@@ -137,6 +147,20 @@ T.test("the same with gradient accumulation over 2 iterations (centres from the 
   check_equal_runs(2)
 end)
 
+T.test("mpirun -np 1 equals the run without a launcher exactly", function()
+  local single_out, dist_out = base .. "_single1", base .. "_np1"
+  local want = sere.io.load(single_out .. "/single.safetensors") -- the first test's
+  local ok, log = mpi_run(dist_out, "train", 1, 1)
+  assert(ok, "mpirun failed:\n" .. log)
+  local got = sere.io.load(dist_out .. "/rank0.safetensors")
+  local n = 0
+  for name, t in pairs(want) do
+    T.eq(got[name], t, name)
+    n = n + 1
+  end
+  assert(n > 50, "every tensor compared")
+end)
+
 T.test("a non-finite loss on rank 1 only stops both ranks, naming rank 1", function()
   local t0 = sere.clock()
   local ok, log = mpi_run(base .. "_nan", "nan", 1)
@@ -145,5 +169,6 @@ T.test("a non-finite loss on rank 1 only stops both ranks, naming rank 1", funct
   assert(sere.clock() - t0 < 60, "stopped promptly")
 end)
 
-sh(string.format("rm -rf %s_data %s_single1 %s_dist1 %s_single2 %s_dist2 %s_nan", base, base, base, base, base, base))
+sh(string.format("rm -rf %s_data %s_single1 %s_dist1 %s_single2 %s_dist2 %s_np1 %s_nan", base, base, base, base, base,
+  base, base))
 T.finish()
