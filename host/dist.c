@@ -357,18 +357,13 @@ static int check_reduce_dtype(const sere_tensor *t, sere_dist_op op) {
 /* ---- CUDA tensors without NCCL: staged through host memory -------------- */
 /* A host copy of a GPU tensor (NULL after sere_fail), and the one-time
  * notice that this is the slow path. */
-static sere_tensor *host_copy(const sere_tensor *t) {
+static sere_tensor *host_copy(sere_tensor *t) {
   static int told;
   if (!told && dist.rank == 0)
     fprintf(stderr, "sere: this build has no NCCL: collectives on CUDA tensors go through host memory over MPI "
                     "(slower; build with the CUDA toolkit's libnccl and MPI for NCCL)\n");
   told = 1;
-  sere_tensor *h = sere_tensor_new_uninit(t->dtype, t->ndim, t->shape);
-  if (h && sere_copy_raw(h, t)) {
-    sere_tensor_release(h);
-    return NULL;
-  }
-  return h;
+  return sere_contiguous_on(t, SERE_CPU);
 }
 
 /* Runs an in-place collective on the host copy of a GPU tensor and copies
@@ -386,12 +381,7 @@ static int broadcast_op(sere_tensor *t, int root) { return sere_dist_broadcast(t
 
 static sere_tensor *all_gather_through_host(sere_tensor *t) {
   sere_tensor *h = host_copy(t), *gathered = h ? sere_dist_all_gather(h) : NULL;
-  sere_tensor *out = gathered ? sere_tensor_new_uninit_on(SERE_CUDA, gathered->dtype, gathered->ndim, gathered->shape)
-                              : NULL;
-  if (out && sere_copy_raw(out, gathered)) {
-    sere_tensor_release(out);
-    out = NULL;
-  }
+  sere_tensor *out = gathered ? sere_contiguous_on(gathered, SERE_CUDA) : NULL;
   sere_tensor_release(h);
   sere_tensor_release(gathered);
   return out;

@@ -755,15 +755,7 @@ static int write_contents(const char *path, const char *tmp, const char *text, s
   for (int i = 0; i < 8; i++) prefix[i] = (unsigned char)((uint64_t)len >> (8 * i));
   int ok = fwrite(prefix, 1, 8, f) == 8 && fwrite(text, 1, len, f) == len;
   for (int i = 0; ok && i < n; i++) {
-    /* a GPU tensor is written from a host copy */
-    sere_tensor *c = sere_device_of(items[i].t) == SERE_CPU
-                         ? sere_contiguous_raw(items[i].t)
-                         : sere_tensor_new_uninit(items[i].t->dtype, items[i].t->ndim, items[i].t->shape);
-    if (c && c->storage != items[i].t->storage && sere_device_of(items[i].t) != SERE_CPU &&
-        sere_copy_raw(c, items[i].t)) {
-      sere_tensor_release(c);
-      c = NULL;
-    }
+    sere_tensor *c = sere_contiguous_on(items[i].t, SERE_CPU); /* a GPU tensor: a host copy */
     if (!c) { fclose(f); return -1; }
     ok = fwrite(sere_data(c), 1, (size_t)items[i].nbytes, f) == (size_t)items[i].nbytes;
     sere_tensor_release(c);

@@ -440,6 +440,16 @@ sere_tensor *sere_as_contiguous_dtype(sere_tensor *t, sere_dtype d) {
 
 sere_tensor *sere_contiguous_raw(sere_tensor *t) { return sere_as_contiguous_dtype(t, t->dtype); }
 
+sere_tensor *sere_contiguous_on(sere_tensor *t, sere_device_type dev) {
+  if (sere_device_of(t) == dev && sere_is_contiguous(t)) return sere_tensor_retain(t);
+  sere_tensor *out = sere_tensor_new_uninit_on(dev, t->dtype, t->ndim, t->shape);
+  if (out && sere_copy_raw(out, t)) {
+    sere_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
+
 int sere_fill_raw(sere_tensor *t, double v) {
   int64_t n = sere_numel(t);
   if (n == 0) return 0;

@@ -151,6 +151,8 @@ void sere_store_linear(void *base, sere_dtype d, int64_t i, double v);
 int sere_copy_raw(sere_tensor *dst, const sere_tensor *src);
 /* Returns `t` retained if already contiguous, else a contiguous copy. */
 sere_tensor *sere_contiguous_raw(sere_tensor *t);
+/* Returns `t` retained if already contiguous on `dev`, else a contiguous copy there. */
+sere_tensor *sere_contiguous_on(sere_tensor *t, sere_device_type dev);
 /* Returns `t` retained if already dtype `d` and contiguous, else a contiguous converted copy. */
 sere_tensor *sere_as_contiguous_dtype(sere_tensor *t, sere_dtype d);
 int sere_fill_raw(sere_tensor *t, double v);

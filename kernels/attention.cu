@@ -150,6 +150,24 @@ __device__ __forceinline__ float partial_dot(const float (&x)[CHUNK], const floa
   return s;
 }
 
+// The scores and the gradient products of the backward kernels, N tile
+// rows at a time: s[u] = x . xs[u] and dp[u] = y . ys[u] (rows W apart in
+// shared memory), each summed over the row's thread group.
+template <int G, int N, int W>
+__device__ __forceinline__ void dot_pairs(float (&s)[N], float (&dp)[N], const float (&x)[CHUNK], const float *xs,
+                                          const float (&y)[CHUNK], const float *ys, int lane) {
+#pragma unroll
+  for (int u = 0; u < N; u++) {
+    s[u] = partial_dot<G>(x, xs + u * W, lane);
+    dp[u] = partial_dot<G>(y, ys + u * W, lane);
+  }
+#pragma unroll
+  for (int u = 0; u < N; u++) {
+    s[u] = group_sum<G>(s[u]);
+    dp[u] = group_sum<G>(dp[u]);
+  }
+}
+
 // acc += a * row over this thread's columns.
 template <int G>
 __device__ __forceinline__ void add_scaled(float (&acc)[CHUNK], float a, const float *row, int lane) {
@@ -263,16 +281,7 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS)
     __syncthreads();
     for (int jj = 0; jj < n; jj += DQ_SUB) {
       float s[DQ_SUB], dp[DQ_SUB];
-#pragma unroll
-      for (int u = 0; u < DQ_SUB; u++) {
-        s[u] = partial_dot<G>(qr, ks + (jj + u) * W, t.lane);
-        dp[u] = partial_dot<G>(gr, vs + (jj + u) * W, t.lane);
-      }
-#pragma unroll
-      for (int u = 0; u < DQ_SUB; u++) {
-        s[u] = group_sum<G>(s[u]);
-        dp[u] = group_sum<G>(dp[u]);
-      }
+      dot_pairs<G, DQ_SUB, W>(s, dp, qr, ks + jj * W, gr, vs + jj * W, t.lane);
 #pragma unroll
       for (int u = 0; u < DQ_SUB; u++) {
         float ds = jj + u < n ? expf(s[u] * p.scale - row_lse) * (dp[u] - dsum) : 0.0f;
@@ -310,16 +319,7 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS)
     __syncthreads();
     for (int ii = 0; ii < n; ii += SUB) {
       float s[SUB], dp[SUB];
-#pragma unroll
-      for (int u = 0; u < SUB; u++) {
-        s[u] = partial_dot<G>(kr, qs + (ii + u) * W, t.lane);
-        dp[u] = partial_dot<G>(vr, gs + (ii + u) * W, t.lane);
-      }
-#pragma unroll
-      for (int u = 0; u < SUB; u++) {
-        s[u] = group_sum<G>(s[u]);
-        dp[u] = group_sum<G>(dp[u]);
-      }
+      dot_pairs<G, SUB, W>(s, dp, kr, qs + ii * W, vr, gs + ii * W, t.lane);
 #pragma unroll
       for (int u = 0; u < SUB; u++) {
         float pu = expf(s[u] * p.scale - lses[ii + u]);

@@ -253,7 +253,7 @@ sere_tensor *sere_patch_embed(sere_tensor *x, sere_tensor *weight, sere_tensor *
   }
   pe_dims d;
   sere_device_type dev;
-  if (sere_common_device("patch_embed", &dev, 3, (sere_tensor *[]){x, weight, bias})) return NULL;
+  if (sere_common_device("patch_embed", &dev, 3, inputs)) return NULL;
   if (check_args(x, weight, bias, p, &d)) return NULL;
   sere_dtype odt = sere_promote(x->dtype, weight->dtype);
   if (bias) odt = sere_promote(odt, bias->dtype);

@@ -316,8 +316,7 @@ static int to_device_backward(sere_node *n, sere_tensor *g, sere_tensor **gi) {
 
 sere_tensor *sere_to_device(sere_tensor *t, sere_device_type dev) {
   if (sere_device_of(t) == dev) return sere_tensor_retain(t);
-  sere_tensor *out = sere_tensor_new_uninit_on(dev, t->dtype, t->ndim, t->shape);
-  if (out && sere_copy_raw(out, t)) { sere_tensor_release(out); return NULL; }
+  sere_tensor *out = sere_contiguous_on(t, dev);
   int64_t from = sere_device_of(t);
   return record1(out, t, "to_device", to_device_backward, 1, &from);
 }

@@ -211,15 +211,23 @@ end
 --- norm: a gradient G with n = ||G||_2 is scaled by clip / (n + 1e-6) when
 --- that is < 1. Parameters without a gradient are skipped. Returns the
 --- norms before clipping (array aligned with params; nil where no grad).
-function optim.clip_gradients(params, clip)
-  local grads, at = {}, {}
+-- The gradients of params that have one (made contiguous), and their
+-- norms keyed by the parameter's index in params (one fused call).
+local function gradient_norms(params)
+  local grads, at, norms = {}, {}, {}
   for i, p in ipairs(params) do
     local g = contiguous_grad(p)
     if g then grads[#grads + 1], at[#at + 1] = g, i end
   end
-  local norms, factors = {}, {}
-  for k, n in ipairs(sere.norms(grads)) do
-    norms[at[k]] = n
+  local flat = sere.norms(grads)
+  for k, n in ipairs(flat) do norms[at[k]] = n end
+  return norms, grads, flat
+end
+
+function optim.clip_gradients(params, clip)
+  local norms, grads, flat = gradient_norms(params)
+  local factors = {}
+  for k, n in ipairs(flat) do
     local coef = clip / (n + 1e-6)
     factors[k] = coef < 1 and coef or 1
   end
@@ -302,12 +310,7 @@ function optim.update(o)
   if (o.clip_grad or 0) > 0 then
     norms = optim.clip_gradients(params, o.clip_grad)
   elseif o.skip_nonfinite then
-    local grads, at = {}, {}
-    for i, p in ipairs(params) do
-      local g = contiguous_grad(p)
-      if g then grads[#grads + 1], at[#at + 1] = g, i end
-    end
-    for k, n in ipairs(sere.norms(grads)) do norms[at[k]] = n end
+    norms = gradient_norms(params)
   end
   optim.cancel_last_layer_gradients(student, o.epoch or 0, o.freeze_last_layer or 0)
   local stepped = not (o.skip_nonfinite and not all_finite(norms))

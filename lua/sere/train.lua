@@ -109,7 +109,17 @@ end
 local function agreement(terms, b)
   local _, t = terms.teacher_cls:narrow(1, 1, b):max(2)
   local _, s = terms.student_cls:narrow(1, b + 1, b):max(2)
-  return t:eq(s):float():mean():item()
+  return t:eq(s):float():mean()
+end
+
+-- The step's meters as Lua numbers, read back in one transfer (each
+-- separate :item() of a GPU tensor would wait for the device).
+local function meters(total, terms, b)
+  local v = sere.no_grad(function()
+    return sere.stack({terms.ibot:float(), terms.cls:float(), terms.mim:float(), terms.pixel:float(),
+      terms.channel:float(), total:float(), agreement(terms, b)}):totable()
+  end)
+  return {loss = v[1], cls = v[2], patch = v[3], loss_attn = v[4], loss_attn_ffn = v[5], total = v[6], acc = v[7]}
 end
 
 local METERS = {"loss", "cls", "patch", "loss_attn", "loss_attn_ffn", "total", "acc"}
@@ -268,9 +278,7 @@ function train.run(a, R)
       if group_start then opt:set_lr_wd(sched.lr[it + 1], sched.wd[it + 1]) end        -- 8.4 step 1
       lcfg.update_centers = group_end
       local total, terms = objective(student, teacher, batch, state, lcfg)            -- steps 3-4
-      local m = {loss = terms.ibot:item(), cls = terms.cls:item(), patch = terms.mim:item(),
-        loss_attn = terms.pixel:item(), loss_attn_ffn = terms.channel:item(), total = total:item(),
-        acc = agreement(terms, a.batch_size_per_gpu)}                                  -- step 6
+      local m = meters(total, terms, a.batch_size_per_gpu)                             -- step 6
       local own_total = m.total
       -- a non-finite loss on any rank makes the mean non-finite on all: all stop
       if world > 1 then m = mean_over_ranks(m) end

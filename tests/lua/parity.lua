@@ -4,6 +4,7 @@
 -- input gradient by normalised error.
 --
 --   local P = dofile("tests/lua/parity.lua")
+--   P.test(T, "name", fn)    -- any other test that needs a device (skipped without)
 --   P.check(T, {name = "layer_norm [7, 37, 64]",
 --               inputs = {x, w, b},          -- CPU tensors, random and non-zero
 --               fn = function(x, w, b) return sere.nn.functional.layer_norm(x, w, b) end,
@@ -48,8 +49,19 @@ function P.randn(shape, opts)
 end
 
 local core = require "sere.core"
-local function launches()
+--- Kernels launched so far (emulator builds; 0 elsewhere).
+function P.launches()
   return sere.cuda.emulated() and core.cuda_launch_count() or 0
+end
+local launches = P.launches
+
+--- "[2, 3]" for a shape array, for test names.
+function P.shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+
+--- A test that needs a device: run as T.test(name, fn), or recorded as
+--- skipped (with the reason) where there is none.
+function P.test(T, name, fn)
+  if P.available then T.test(name, fn) else T.skip(name, P.reason) end
 end
 
 local function pack(...)

@@ -18,7 +18,7 @@ local function attention(scale)
   return function(q, k, v) return sere.attention(q, k, v, scale) end
 end
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 
 -- q [lead..., tq, d], k [lead..., tk, d], v [lead..., tk, dv]
 local function case(name, lead, tq, tk, d, dv, opts)

@@ -21,7 +21,7 @@ local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 
 -- Positive inputs for ops with a restricted domain (log, pow's base, ...).
 local function positive(shape) return P.randn(shape):abs() + 0.25 end

@@ -19,7 +19,7 @@ local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
 local gen = sere.Generator(4242)
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 -- 1-based random indices in [1, size], any shape (repeats likely).
 local function indices(size, shape, dtype)
   return sere.randint(1, size + 1, shape, {generator = gen, dtype = dtype or "i64"})

@@ -14,7 +14,7 @@ local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 local function matmul(a, b) return a:matmul(b) end
 
 -- a @ b for random a of shape sa and b of shape sb.

@@ -16,12 +16,9 @@ local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 
--- A test that needs a device: skipped (visibly) without one.
-local function device_test(name, fn)
-  if P.available then T.test(name, fn) else T.skip(name, P.reason) end
-end
+local function device_test(name, fn) P.test(T, name, fn) end
 
 -- ---- layer norm -----------------------------------------------------------
 local function layer_norm(x, w, b) return sere.layer_norm(x, w, b) end

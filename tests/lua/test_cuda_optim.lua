@@ -10,10 +10,7 @@ local P = dofile("tests/lua/parity.lua")
 local nn = require "sere.nn"
 local optim = require "sere.optim"
 
-local function check(name, fn)
-  if not P.available then return T.skip("cuda optim: " .. name, P.reason) end
-  T.test("cuda optim: " .. name, fn)
-end
+local function check(name, fn) P.test(T, "cuda optim: " .. name, fn) end
 
 -- Shapes: 30 small tensors (more than the 24 slots of one launch), one of
 -- 700k elements (22 chunks), an empty one and a single element.

@@ -18,8 +18,7 @@ if not P.available then
   T.finish()
 end
 
-local core = require "sere.core"
-local function launches() return sere.cuda.emulated() and core.cuda_launch_count() or 0 end
+local launches = P.launches
 
 -- Two generators in the same state.
 local function twins(seed, offset)

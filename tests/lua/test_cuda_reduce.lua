@@ -20,7 +20,7 @@ local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 local function dims_str(d)
   if d == nil then return "all" end
   if type(d) == "table" then return "{" .. table.concat(d, ", ") .. "}" end

@@ -11,7 +11,7 @@ local T = dofile("tests/lua/harness.lua")
 local P = dofile("tests/lua/parity.lua")
 local sere = require "sere"
 
-local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
+local shape_str = P.shape_str
 
 local function both(dim)
   return function(x) return x:softmax(dim), x:log_softmax(dim) end
